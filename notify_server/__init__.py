@@ -1,0 +1,1 @@
+"""notify-server: real-time notifications for web applications."""

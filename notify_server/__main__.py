@@ -1,0 +1,3 @@
+from notify_server.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,19 @@
+"""Names shared by the server, the workers and the CLI: close codes, Redis keys, job names."""
+
+# WebSocket close codes (README: "Close codes").
+CLOSE_GOING_AWAY = 1001  # server shutting down / draining
+CLOSE_UNAUTHORIZED = 4001  # no, invalid, expired or revoked session
+CLOSE_TOO_SLOW = 4008  # the per-connection send queue overflowed
+CLOSE_TOO_MANY_CONNECTIONS = 4029  # over limits.max_connections_per_user
+
+# arq job names.
+JOB_PROCESS_EVENT = "process_event"
+
+# Redis keys. Everything this service writes lives under "notify:".
+REDIS_PREFIX = "notify:"
+PRESENCE_USER_PREFIX = REDIS_PREFIX + "presence:user:"  # + user_id -> hash {node_id: expires_at}
+PRESENCE_NODE_PREFIX = REDIS_PREFIX + "presence:node:"  # + node_id -> set of user ids (expiring)
+PUSH_STREAM_PREFIX = REDIS_PREFIX + "push:"  # + node_id -> stream of push jobs
+SESSION_REVOKED_CHANNEL = REDIS_PREFIX + "sessions:revoked"  # pub/sub: token hashes
+
+PRIORITIES = ("LOW", "NORMAL", "HIGH", "URGENT")

@@ -1,0 +1,55 @@
+"""From a producer's event to the notifications it stores: validation and rendering (SPEC §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from marshmallow import ValidationError
+
+from notify_server.notifications import NewNotifications, Recipient
+from notify_server.schemas import EventSchema, first_error
+from notify_server.templates import MissingVariable, Template, UnusableValue
+
+_EVENT_SCHEMA = EventSchema()
+
+
+class EventRejected(ValueError):
+    """The event can never be processed as sent; the message names the field or the variable."""
+
+
+def event_id_for_log(raw: Any) -> str:
+    """The event id, when there is a printable one, for log lines about a rejected event."""
+    if isinstance(raw, Mapping) and isinstance(raw.get("event_id"), str):
+        return raw["event_id"][:200].encode("unicode_escape").decode("ascii")
+    return "?"
+
+
+def parse_event(raw: Any, templates: Mapping[str, Template]) -> NewNotifications:
+    """Validate an event and render its notification; raises EventRejected."""
+    if not isinstance(raw, Mapping):
+        raise EventRejected(f"event must be a JSON object, not {type(raw).__name__}")
+    try:
+        event = _EVENT_SCHEMA.load(dict(raw))
+    except ValidationError as exc:
+        raise EventRejected(first_error(exc.messages)) from None
+    template = templates.get(event["event_type"])
+    if template is None:
+        raise EventRejected(f"event_type: no template for {event['event_type']!r}")
+    try:
+        rendered = template.render(event["data"], priority=event["priority"], action_url=event["action_url"])
+    except (MissingVariable, UnusableValue) as exc:
+        raise EventRejected(f"data: {exc}") from None
+    recipients: dict[str, Recipient] = {}
+    for recipient in event["recipients"]:
+        recipients.setdefault(recipient["user_id"], Recipient(recipient["user_id"], recipient["email"]))
+    return NewNotifications(
+        event_id=event["event_id"],
+        event_type=event["event_type"],
+        title=rendered.title,
+        body=rendered.body,
+        priority=rendered.priority,
+        action_url=rendered.action_url,
+        metadata=event["metadata"],
+        recipients=list(recipients.values()),
+    )

@@ -1,0 +1,49 @@
+"""Applying the SQL files in migrations/ with yoyo-migrations.
+
+Two `notify-server migrate` at once are serialised by a Postgres advisory lock held around yoyo
+(yoyo's own lock table is itself created by the first run, which two first runs could race on).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg2
+from yoyo import get_backend, read_migrations
+
+logger = logging.getLogger("notify.migrations")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_ADVISORY_LOCK_KEY = 0x6E6F7469  # "noti"
+
+
+def _yoyo_url(database_url: str) -> str:
+    # yoyo names its psycopg2 backend "postgresql+psycopg2"; plain "postgresql://" picks it too,
+    # but "postgres://" is not known to it.
+    if database_url.startswith("postgres://"):
+        return "postgresql://" + database_url[len("postgres://") :]
+    return database_url
+
+
+def apply_migrations(database_url: str) -> list[str]:
+    """Apply every pending migration; returns the ids applied (empty on a second run)."""
+    lock_conn = psycopg2.connect(database_url)
+    try:
+        lock_conn.autocommit = True
+        with lock_conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK_KEY,))
+        backend = get_backend(_yoyo_url(database_url))
+        try:
+            migrations = read_migrations(str(MIGRATIONS_DIR))
+            pending = backend.to_apply(migrations)
+            with backend.lock():
+                backend.apply_migrations(pending)
+            applied = [m.id for m in pending]
+        finally:
+            backend.connection.close()
+        for migration_id in applied:
+            logger.info("applied migration %s", migration_id)
+        return applied
+    finally:
+        lock_conn.close()  # closing the session releases the advisory lock

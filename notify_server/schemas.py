@@ -1,0 +1,124 @@
+"""marshmallow schemas for what crosses the edges: inbound events, outgoing notification payloads."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import orjson
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+
+from notify_server.constants import PRIORITIES
+
+MAX_EVENT_ID_CHARS = 200
+MAX_USER_ID_CHARS = 200
+MAX_RECIPIENTS = 10_000
+MAX_METADATA_BYTES = 4096
+MAX_DATA_BYTES = 16384
+MAX_JSON_DEPTH = 32
+
+
+def iso_utc(moment: dt.datetime) -> str:
+    """UTC ISO-8601 with milliseconds, ending in Z."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _check_json_text(value: Any, depth: int = 0) -> None:
+    """Refuse what Postgres cannot store as text/jsonb: NUL characters, lone surrogates, deep nesting."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValidationError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationError("contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("is not valid unicode (lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError("object keys must be strings")
+            _check_json_text(key, depth + 1)
+            _check_json_text(item, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_json_text(item, depth + 1)
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        raise ValidationError(f"holds a {type(value).__name__}, which is not JSON")
+
+
+def _json_object(max_bytes: int) -> validate.Validator:
+    def check(value: dict[str, Any]) -> None:
+        _check_json_text(value)
+        try:
+            size = len(orjson.dumps(value))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise ValidationError(f"is not JSON: {exc}") from None
+        if size > max_bytes:
+            raise ValidationError(f"is {size} bytes of JSON; at most {max_bytes} allowed")
+
+    return check
+
+
+def _text(value: str) -> None:
+    _check_json_text(value)
+
+
+class RecipientSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    user_id = fields.String(required=True, validate=[validate.Length(min=1, max=MAX_USER_ID_CHARS), _text])
+    email = fields.Email(load_default=None, allow_none=True, validate=validate.Length(max=320))
+
+
+class EventSchema(Schema):
+    """An event as a producer sends it (SPEC §5)."""
+
+    class Meta:
+        unknown = RAISE
+
+    event_id = fields.String(required=True, validate=[validate.Length(min=1, max=MAX_EVENT_ID_CHARS), _text])
+    event_type = fields.String(required=True, validate=[validate.Length(min=1, max=200), _text])
+    recipients = fields.List(
+        fields.Nested(RecipientSchema), required=True, validate=validate.Length(min=1, max=MAX_RECIPIENTS)
+    )
+    data = fields.Dict(keys=fields.String(), load_default=dict, validate=_json_object(MAX_DATA_BYTES))
+    priority = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(PRIORITIES))
+    action_url = fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=2000), _text])
+    metadata = fields.Dict(keys=fields.String(), load_default=dict, validate=_json_object(MAX_METADATA_BYTES))
+
+    @validates("recipients")
+    def _no_empty(self, value: list[dict[str, Any]], **_: Any) -> None:
+        if not value:
+            raise ValidationError("must name at least one recipient")
+
+
+class NotificationPayloadSchema(Schema):
+    """`data` of a `notification` frame: exactly these eight keys (SPEC §7), nothing internal."""
+
+    notification_id = fields.String()
+    title = fields.String()
+    body = fields.String()
+    priority = fields.String()
+    action_url = fields.String(allow_none=True)
+    event_type = fields.String()
+    metadata = fields.Dict()
+    created_at = fields.Function(lambda n: iso_utc(n.created_at))
+
+
+class NotificationItemSchema(NotificationPayloadSchema):
+    """A REST list item: the frame's keys plus read_at."""
+
+    read_at = fields.Function(lambda n: iso_utc(n.read_at) if n.read_at else None)
+
+
+def first_error(messages: Any, path: str = "") -> str:
+    """marshmallow's nested messages as one line: 'recipients.0.user_id: Missing data for required field.'"""
+    if isinstance(messages, dict):
+        key, value = next(iter(messages.items()))
+        return first_error(value, f"{path}.{key}" if path else str(key))
+    if isinstance(messages, list) and messages:
+        head = messages[0]
+        return f"{path}: {head}" if isinstance(head, str) else first_error(head, path)
+    return f"{path}: {messages}"

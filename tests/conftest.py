@@ -1,0 +1,105 @@
+"""Shared fixtures: a throw-away Postgres database and Redis db per run, cleaned before every test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import redis
+from redis.asyncio import Redis
+
+from notify_server.db import close_pool, create_pool
+from notify_server.notifications import NotificationRepository
+from notify_server.sessions import SessionStore
+from notify_server.settings import Settings, load_settings
+from tests.services import TEST_CLAIM_KEY, postgres_server, redis_server, throwaway_database, throwaway_redis_db
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with postgres_server() as server, throwaway_database(server) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with redis_server() as server, throwaway_redis_db(server) as url:
+        yield url
+
+
+@pytest.fixture
+def clean_stores(database_url: str, redis_url: str) -> None:
+    """Empty tables and Redis db before each test that touches them."""
+    conn = psycopg2.connect(database_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("TRUNCATE sessions, notifications")
+    finally:
+        conn.close()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        claim = client.get(TEST_CLAIM_KEY)
+        client.flushdb()
+        if claim:
+            client.set(TEST_CLAIM_KEY, claim, ex=3600)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, clean_stores: None) -> Settings:
+    """The repository's config.yaml, pointed at the test stores, with short timings for tests."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
+    base = load_settings(REPO_ROOT / "config.yaml", environ=environ)
+    return base.replace(
+        database={"url": database_url, "pool_min_size": 1, "pool_max_size": 5},
+        redis={"url": redis_url},
+        worker={"poll_delay_s": 0.01, "retry_backoff_max_s": 0.2, "max_tries": 5},
+        server={"shutdown_timeout_s": 1.0},
+    )
+
+
+@pytest.fixture
+async def db_pool(settings: Settings) -> AsyncIterator[Any]:
+    pool = await create_pool(settings.database)
+    yield pool
+    await close_pool(pool)
+
+
+@pytest.fixture
+async def redis_client(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def sessions(db_pool: Any) -> SessionStore:
+    return SessionStore(db_pool)
+
+
+@pytest.fixture
+def repository(db_pool: Any) -> NotificationRepository:
+    return NotificationRepository(db_pool)
+
+
+@pytest.fixture
+def cli_env(settings: Settings) -> dict[str, str]:
+    """Environment for running `python -m notify_server …` against the test stores."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
+    env.update(NOTIFY_DATABASE_URL=settings.database.url, NOTIFY_REDIS_URL=settings.redis.url)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable

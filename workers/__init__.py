@@ -1,0 +1,1 @@
+"""arq workers of notify-server: the event pipeline."""

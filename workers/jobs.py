@@ -1,0 +1,72 @@
+"""arq jobs: `process_event`, the event pipeline (validate, render, store, then push)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import psycopg2
+import redis.exceptions
+from arq import Retry
+
+from notify_server.events import EventRejected, event_id_for_log, parse_event
+from notify_server.notifications import Notification, NotificationRepository
+from notify_server.settings import Settings
+from workers import context
+
+logger = logging.getLogger("notify.worker")
+
+# Failures that pass: the same job will succeed once Postgres or Redis answers again.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def retry_delay_s(job_try: int, max_s: float) -> float:
+    """Exponential backoff with full jitter: up to 0.5 s, 1 s, 2 s, … capped at max_s."""
+    return random.uniform(0, min(max_s, 0.5 * 2 ** (job_try - 1)))
+
+
+async def process_event(ctx: dict[str, Any], event: Any) -> dict[str, Any]:
+    """Validate the event, store one notification per recipient (idempotent), then push them."""
+    settings: Settings = ctx[context.SETTINGS]
+    started = time.perf_counter()
+    try:
+        new = parse_event(event, settings.templates)
+    except EventRejected as exc:
+        # Not retried: the same event would be rejected again. Nothing was stored.
+        logger.warning("event rejected event_id=%s reason=%s", event_id_for_log(event), exc)
+        return {"status": "rejected", "reason": str(exc)}
+
+    repository: NotificationRepository = ctx[context.NOTIFICATIONS]
+    try:
+        stored = await repository.insert_many(new)
+        await push_stored(ctx, stored)
+    except TRANSIENT_ERRORS as exc:
+        delay_s = retry_delay_s(ctx.get("job_try", 1), settings.worker.retry_backoff_max_s)
+        logger.warning(
+            "event retried event_id=%s try=%s in=%.1fs error=%s",
+            new.event_id, ctx.get("job_try"), delay_s, type(exc).__name__,
+        )
+        raise Retry(defer=delay_s) from exc
+
+    duration_ms = (time.perf_counter() - started) * 1000
+    logger.info(
+        "event processed event_id=%s recipients=%d stored=%d duration_ms=%.1f",
+        new.event_id, len(new.recipients), len(stored), duration_ms,
+    )
+    return {"status": "stored", "recipients": len(new.recipients), "stored": len(stored)}
+
+
+async def push_stored(ctx: dict[str, Any], stored: list[Notification]) -> None:
+    """The seam after the commit: hand freshly stored notifications to the nodes holding their
+    recipients. Rows that already existed (a retried or duplicate event) are not pushed again."""
+    if not stored:
+        return
