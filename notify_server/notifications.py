@@ -119,6 +119,19 @@ class NotificationRepository:
             (count,) = await cur.fetchone()
         return int(count)
 
+    async def count_unread_many(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """Unread counts of several users in one query (users with none are 0)."""
+        if not user_ids:
+            return {}
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT recipient_id, count(*) FROM notifications"
+                " WHERE recipient_id = ANY(%s) AND read_at IS NULL GROUP BY recipient_id",
+                (list(user_ids),),
+            )
+            counts = {row[0]: int(row[1]) for row in await cur.fetchall()}
+        return {user_id: counts.get(user_id, 0) for user_id in user_ids}
+
     async def _seq_of(self, cur: Any, user_id: str, notification_id: str) -> int:
         nid = _uuid_or_none(notification_id)
         if nid is None:

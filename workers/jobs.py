@@ -12,7 +12,11 @@ import redis.exceptions
 from arq import Retry
 
 from notify_server.events import EventRejected, event_id_for_log, parse_event
+from notify_server.frames import notification_frame
 from notify_server.notifications import Notification, NotificationRepository
+from notify_server.presence import Presence
+from notify_server.push import PushItem
+from notify_server.routing import group_by_node
 from notify_server.settings import Settings
 from workers import context
 
@@ -65,8 +69,23 @@ async def process_event(ctx: dict[str, Any], event: Any) -> dict[str, Any]:
     return {"status": "stored", "recipients": len(new.recipients), "stored": len(stored)}
 
 
-async def push_stored(ctx: dict[str, Any], stored: list[Notification]) -> None:
-    """The seam after the commit: hand freshly stored notifications to the nodes holding their
-    recipients. Rows that already existed (a retried or duplicate event) are not pushed again."""
+async def push_stored(ctx: dict[str, Any], stored: list[Notification]) -> int:
+    """After the commit: one push job per node holding any recipient, carrying each online recipient's
+    rendered frame and new unread count. Rows that already existed (a retried or duplicate event) are
+    not pushed again; offline recipients get nothing pushed (their rows are stored). Returns jobs."""
     if not stored:
-        return
+        return 0
+    presence: Presence = ctx[context.PRESENCE]
+    nodes = await presence.nodes_for_users([n.recipient_id for n in stored])
+    if not nodes:
+        return 0
+    online = {user_id for users in nodes.values() for user_id in users}
+    counts = await ctx[context.NOTIFICATIONS].count_unread_many(sorted(online))
+    items = [
+        PushItem(n.recipient_id, notification_frame(n), counts[n.recipient_id])
+        for n in stored
+        if n.recipient_id in online
+    ]
+    by_node = group_by_node(nodes, items)
+    await ctx[context.PUSH].enqueue(by_node)
+    return len(by_node)

@@ -10,7 +10,10 @@ from arq.worker import func
 
 from notify_server.constants import JOB_PROCESS_EVENT
 from notify_server.db import close_pool, create_pool
+from notify_server.metrics import WorkerMetrics
 from notify_server.notifications import NotificationRepository
+from notify_server.presence import Presence
+from notify_server.push import StreamPushTransport
 from notify_server.producer import DEFAULT_QUEUE, deserialize_job, serialize_job
 from notify_server.settings import Settings, load_settings
 from workers import context
@@ -23,6 +26,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx[context.SETTINGS] = settings
     ctx[context.DB_POOL] = pool = await create_pool(settings.database)
     ctx[context.NOTIFICATIONS] = NotificationRepository(pool)
+    ctx[context.PRESENCE] = Presence(ctx[context.REDIS], settings.presence.ttl_s)
+    ctx[context.PUSH] = StreamPushTransport(
+        ctx[context.REDIS],
+        maxlen=settings.push.stream_maxlen,
+        stream_ttl_s=settings.presence.ttl_s,
+        job_expiry_s=settings.push.job_expiry_s,
+    )
+    ctx.setdefault(context.METRICS, WorkerMetrics())
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

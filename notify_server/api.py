@@ -1,0 +1,183 @@
+"""REST API (SPEC §8): list notifications, unread count, mark read; health, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.exceptions
+from aiohttp import web
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from notify_server import appkeys
+from notify_server.metrics import CONTENT_TYPE_LATEST, render
+from notify_server.notifications import UnknownCursor
+from notify_server.routing import push_unread_counts
+from notify_server.schemas import NotificationItemSchema, first_error
+from notify_server.sessions import Session
+from notify_server.ws import SESSION_COOKIE
+
+logger = logging.getLogger("notify.api")
+
+_ITEM_SCHEMA = NotificationItemSchema()
+READY_TIMEOUT_S = 2.0
+
+
+class ListQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # cache-busters and the like are not errors
+
+    unread_only = fields.Boolean(load_default=False)
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1))
+    before = fields.UUID(load_default=None)
+
+
+_LIST_QUERY = ListQuerySchema()
+
+
+def json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+_STATUS_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 413: "payload_too_large", 500: "internal_error",
+}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Every error under /api/ is `{"error": {"code", "message"}}`; nothing escapes as a 5xx page."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, _STATUS_CODES.get(exc.status, "error"), exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "internal_error", "internal error")
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(SESSION_COOKIE) or None
+
+
+async def authenticate(request: web.Request) -> Session:
+    session = await request.app[appkeys.SESSIONS].validate(bearer_token(request))
+    if session is None:
+        request.app[appkeys.METRICS].auth_failures.labels("rest").inc()
+        raise web.HTTPUnauthorized(reason="a valid session is required (cookie session_id or Bearer token)")
+    return session
+
+
+def _refuse_body(request: web.Request) -> None:
+    limit = request.app[appkeys.SETTINGS].limits.request_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+
+
+async def list_notifications(request: web.Request) -> web.Response:
+    session = await authenticate(request)
+    query = {key: value for key, value in request.query.items() if value != ""}
+    try:
+        params = _LIST_QUERY.load(query)
+    except ValidationError as exc:
+        return json_error(400, "bad_request", first_error(exc.messages))
+    list_max = request.app[appkeys.SETTINGS].limits.list_max
+    if params["limit"] > list_max:
+        return json_error(400, "bad_request", f"limit: at most {list_max}")
+    try:
+        page = await request.app[appkeys.NOTIFICATIONS].list_for_user(
+            session.user_id,
+            limit=params["limit"],
+            unread_only=params["unread_only"],
+            before=str(params["before"]) if params["before"] else None,
+        )
+    except UnknownCursor:
+        return json_error(400, "bad_request", "before: not a notification id from a previous page")
+    return web.json_response({"items": _ITEM_SCHEMA.dump(page.items, many=True), "next_before": page.next_before})
+
+
+async def unread_count(request: web.Request) -> web.Response:
+    session = await authenticate(request)
+    return web.json_response({"count": await request.app[appkeys.NOTIFICATIONS].count_unread(session.user_id)})
+
+
+async def mark_read(request: web.Request) -> web.Response:
+    _refuse_body(request)
+    session = await authenticate(request)
+    notification = await request.app[appkeys.NOTIFICATIONS].mark_read(
+        session.user_id, request.match_info["notification_id"]
+    )
+    if notification is None:
+        # Same answer whether it does not exist or belongs to someone else.
+        return json_error(404, "not_found", "no such notification")
+    await _announce_unread_count(request, session.user_id)
+    return web.json_response(_ITEM_SCHEMA.dump(notification))
+
+
+async def mark_all_read(request: web.Request) -> web.Response:
+    _refuse_body(request)
+    session = await authenticate(request)
+    updated = await request.app[appkeys.NOTIFICATIONS].mark_all_read(session.user_id)
+    await _announce_unread_count(request, session.user_id)
+    return web.json_response({"updated": updated})
+
+
+async def _announce_unread_count(request: web.Request, user_id: str) -> None:
+    """Every tab of the user, on every node, gets the new count. The change is stored whatever happens
+    here, so a Redis fault costs only the live update."""
+    app = request.app
+    try:
+        count = await app[appkeys.NOTIFICATIONS].count_unread(user_id)
+        await push_unread_counts(app[appkeys.PRESENCE], app[appkeys.PUSH], {user_id: count})
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        logger.warning("unread count not pushed (%s)", type(exc).__name__)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "node_id": request.app[appkeys.NODE_ID]})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    checks: dict[str, Any] = {}
+
+    async def postgres() -> None:
+        async with app[appkeys.DB_POOL].acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT 1")
+
+    for name, check in (("postgres", postgres), ("redis", app[appkeys.REDIS].ping)):
+        try:
+            await asyncio.wait_for(check(), READY_TIMEOUT_S)
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unavailable ({type(exc).__name__})"
+    ready = all(value == "ok" for value in checks.values())
+    return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = render(request.app[appkeys.METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/notifications", list_notifications)
+    app.router.add_get("/api/notifications/unread-count", unread_count)
+    app.router.add_post("/api/notifications/read-all", mark_all_read)
+    app.router.add_post("/api/notifications/{notification_id}/read", mark_read)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

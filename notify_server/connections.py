@@ -1,0 +1,243 @@
+"""The node's connection map: which sockets this node holds for which user, and sending to them.
+
+`connections` is the `dict[str, set[WebSocket]]` of SPEC §7. Each socket has a bounded outbox: a push
+appends the (already serialised) frame and returns at once; a short-lived writer task drains the outbox,
+so one slow or dead socket never stalls the push loop or another user's socket. An outbox that overflows
+(`limits.send_queue_max`) closes its socket with 4008. Idle sockets have no outbox and no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+import orjson
+
+from notify_server.constants import CLOSE_TOO_SLOW
+from notify_server.frames import unread_count_frame
+
+logger = logging.getLogger("notify.connections")
+
+
+class WebSocketLike(Protocol):
+    """What the manager needs of a socket (aiohttp's WebSocketResponse; fakes in unit tests)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def send_str(self, data: str) -> None: ...
+
+    async def close(self, *, code: int = ..., message: bytes = ...) -> Any: ...
+
+
+UnreadCounter = Callable[[str], Awaitable[int]]
+PresenceHook = Callable[[str], Awaitable[None]]
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class ConnectionState:
+    """What the node knows of one socket beyond the map."""
+
+    user_id: str
+    session_hash: str = ""
+    opened_at: float = dataclasses.field(default_factory=time.monotonic)
+    last_ping_at: float = 0.0
+    last_pong_at: float = 0.0
+    expiry_timer: asyncio.TimerHandle | None = None
+    closing: bool = False  # a close was started: nothing more is queued for it
+    transport: Any = None  # the socket's asyncio transport, to abort a stale one
+
+
+class _Outbox:
+    __slots__ = ("frames", "held", "writer")
+
+    def __init__(self, held: bool) -> None:
+        self.frames: collections.deque[str] = collections.deque()
+        self.held = held  # frames wait until the first frame (unread count) is sent
+        self.writer: asyncio.Task[None] | None = None
+
+
+class NotificationWebSocketManager:
+    """The per-node connection map and the ways to send to it."""
+
+    def __init__(
+        self,
+        count_unread: UnreadCounter | None = None,
+        *,
+        send_queue_max: int = 256,
+        close_timeout_s: float = 3.0,
+        on_first_connection: PresenceHook | None = None,
+        on_last_connection: PresenceHook | None = None,
+        on_frames_sent: Callable[[int], None] | None = None,
+    ) -> None:
+        self.connections: dict[str, set[WebSocketLike]] = {}
+        self.states: dict[WebSocketLike, ConnectionState] = {}
+        self._count_unread = count_unread
+        self._send_queue_max = send_queue_max
+        self._close_timeout_s = close_timeout_s
+        self._on_first_connection = on_first_connection
+        self._on_last_connection = on_last_connection
+        self._on_frames_sent = on_frames_sent
+        self._outboxes: dict[WebSocketLike, _Outbox] = {}
+        self._closing: set[asyncio.Task[Any]] = set()
+
+    # ---------------------------------------------------------------- the map
+
+    async def register_connection(
+        self, user_id: str, ws: WebSocketLike, *, session_hash: str = "", hold: bool = False
+    ) -> ConnectionState:
+        """Add a socket to the user's set. With hold=True, frames pushed to it wait for `release`."""
+        sockets = self.connections.get(user_id)
+        first = sockets is None
+        if first:
+            sockets = self.connections[user_id] = set()
+        sockets.add(ws)
+        state = self.states[ws] = ConnectionState(user_id=user_id, session_hash=session_hash)
+        if hold:
+            self._outboxes[ws] = _Outbox(held=True)
+        if first and self._on_first_connection is not None:
+            await self._on_first_connection(user_id)
+        return state
+
+    async def remove_connection(self, user_id: str, ws: WebSocketLike) -> None:
+        """Drop one socket; drop the user's entry when it was the last one. Safe to call twice."""
+        state = self.states.pop(ws, None)
+        if state is not None and state.expiry_timer is not None:
+            state.expiry_timer.cancel()
+        outbox = self._outboxes.pop(ws, None)
+        if outbox is not None and outbox.writer is not None and outbox.writer is not asyncio.current_task():
+            outbox.writer.cancel()
+        sockets = self.connections.get(user_id)
+        if sockets is None or ws not in sockets:
+            return
+        sockets.discard(ws)
+        if not sockets:
+            del self.connections[user_id]
+            if self._on_last_connection is not None:
+                await self._on_last_connection(user_id)
+
+    def count(self, user_id: str) -> int:
+        return len(self.connections.get(user_id, ()))
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.states)
+
+    def user_ids(self) -> list[str]:
+        return list(self.connections)
+
+    def all_sockets(self) -> list[WebSocketLike]:
+        return list(self.states)
+
+    # ---------------------------------------------------------------- sending
+
+    async def push_to_user(self, user_id: str, payload: dict[str, Any] | str) -> int:
+        """Send one frame to every socket of this user on this node; returns how many got it queued.
+        The payload is serialised once, whatever the number of sockets. No socket here: a no-op."""
+        sockets = self.connections.get(user_id)
+        if not sockets:
+            return 0
+        text = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
+        for ws in list(sockets):
+            self.send(ws, text)
+        return len(sockets)
+
+    async def push_unread_count(self, user_id: str, count: int | None = None) -> int:
+        """Send the user's unread count (queried unless given) to every socket of theirs here."""
+        if user_id not in self.connections:
+            return 0
+        if count is None:
+            if self._count_unread is None:
+                raise RuntimeError("this manager was built without an unread counter")
+            count = await self._count_unread(user_id)
+        return await self.push_to_user(user_id, unread_count_frame(count))
+
+    def send(self, ws: WebSocketLike, text: str) -> None:
+        """Queue one frame for one socket; close it with 4008 when its outbox is full."""
+        state = self.states.get(ws)
+        if state is None or state.closing:
+            return
+        outbox = self._outboxes.get(ws)
+        if outbox is None:
+            outbox = self._outboxes[ws] = _Outbox(held=False)
+        if len(outbox.frames) >= self._send_queue_max:
+            self._overflow(ws)
+            return
+        outbox.frames.append(text)
+        if not outbox.held and outbox.writer is None:
+            outbox.writer = asyncio.get_running_loop().create_task(self._drain(ws, outbox))
+
+    def release(self, ws: WebSocketLike, first_frame: str) -> None:
+        """Send `first_frame` before anything pushed while the socket was held, then stop holding."""
+        outbox = self._outboxes.get(ws)
+        if outbox is None or ws not in self.states:
+            return
+        outbox.frames.appendleft(first_frame)
+        outbox.held = False
+        if outbox.writer is None:
+            outbox.writer = asyncio.get_running_loop().create_task(self._drain(ws, outbox))
+
+    async def _drain(self, ws: WebSocketLike, outbox: _Outbox) -> None:
+        sent = 0
+        try:
+            while outbox.frames:
+                if ws.closed:
+                    break
+                await ws.send_str(outbox.frames.popleft())
+                sent += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a dead socket: its handler will see the close and remove it
+            logger.debug("send failed, dropping socket: %s", type(exc).__name__)
+            outbox.frames.clear()
+        finally:
+            outbox.writer = None
+            if self._on_frames_sent is not None and sent:
+                self._on_frames_sent(sent)
+            if not outbox.frames and self._outboxes.get(ws) is outbox:
+                del self._outboxes[ws]  # idle sockets keep no outbox
+
+    def _overflow(self, ws: WebSocketLike) -> None:
+        logger.warning("send queue full (%d frames), closing with %d", self._send_queue_max, CLOSE_TOO_SLOW)
+        outbox = self._outboxes.pop(ws, None)
+        if outbox is not None:
+            outbox.frames.clear()
+            if outbox.writer is not None:
+                outbox.writer.cancel()
+        self.close_soon(ws, CLOSE_TOO_SLOW, b"send queue overflow")
+
+    def close_soon(self, ws: WebSocketLike, code: int, message: bytes = b"") -> None:
+        """Close a socket without waiting for it (the caller may be a push loop). The handler removes
+        it from the map when its read loop ends."""
+        state = self.states.get(ws)
+        if state is not None:
+            if state.closing:
+                return
+            state.closing = True
+        task = asyncio.get_running_loop().create_task(self._close(ws, code, message))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, ws: WebSocketLike, code: int, message: bytes) -> None:
+        # A client that stopped reading would block the close frame's write forever; aiohttp closes
+        # the transport when its close is cancelled by this timeout.
+        try:
+            await asyncio.wait_for(ws.close(code=code, message=message), self._close_timeout_s)
+        except (Exception, asyncio.TimeoutError) as exc:
+            logger.debug("close failed: %s", type(exc).__name__)
+
+    async def close_all(self, code: int, message: bytes = b"") -> None:
+        """Close every socket (drain / shutdown) and wait for the closes to be sent."""
+        await asyncio.gather(*(self._close(ws, code, message) for ws in self.all_sockets()))
+
+    async def wait_closing(self) -> None:
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+    def sockets_of(self, user_ids: Iterable[str]) -> list[WebSocketLike]:
+        return [ws for user_id in user_ids for ws in self.connections.get(user_id, ())]

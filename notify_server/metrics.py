@@ -1,0 +1,61 @@
+"""Prometheus metrics, one registry per app or worker (no module-level globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+__all__ = ["CONTENT_TYPE_LATEST", "ServerMetrics", "WorkerMetrics", "render"]
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+class ServerMetrics:
+    def __init__(self, connection_count: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        self.open_connections = Gauge(
+            "notify_open_connections", "WebSocket connections open on this node", registry=self.registry
+        )
+        self.open_connections.set_function(connection_count)
+        self.connects = Counter("notify_connects", "WebSocket connections accepted", registry=self.registry)
+        self.disconnects = Counter(
+            "notify_disconnects", "WebSocket connections ended, by close code", ["code"], registry=self.registry
+        )
+        self.auth_failures = Counter(
+            "notify_auth_failures", "Requests and upgrades refused for a missing or invalid session",
+            ["surface"], registry=self.registry,
+        )
+        self.frames_pushed = Counter("notify_frames_pushed", "Frames written to sockets", registry=self.registry)
+        self.push_jobs = Counter("notify_push_jobs", "Push jobs consumed from this node's stream", registry=self.registry)
+        self.push_latency = Histogram(
+            "notify_push_latency_seconds", "Push job enqueued by a worker -> frames queued on this node",
+            buckets=LATENCY_BUCKETS_S, registry=self.registry,
+        )
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events_processed = Counter(
+            "notify_events_processed", "Events stored", registry=self.registry
+        )
+        self.events_rejected = Counter(
+            "notify_events_rejected", "Events rejected as malformed, by field", ["reason"], registry=self.registry
+        )
+        self.events_retried = Counter(
+            "notify_events_retried", "Events retried after a transient fault", registry=self.registry
+        )
+        self.notifications_stored = Counter(
+            "notify_notifications_stored", "Notification rows inserted", registry=self.registry
+        )
+        self.push_jobs = Counter("notify_push_jobs_enqueued", "Push jobs written to node streams", registry=self.registry)
+        self.job_duration = Histogram(
+            "notify_event_job_duration_seconds", "process_event duration", buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
