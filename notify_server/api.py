@@ -49,8 +49,8 @@ _STATUS_CODES = {
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Every error under /api/ is `{"error": {"code", "message"}}`; nothing escapes as a 5xx page."""
-    if not request.path.startswith("/api/"):
+    """Every error under /api/ and /dev/ is `{"error": {"code", "message"}}`; no 5xx page escapes."""
+    if not request.path.startswith(("/api/", "/dev/")):
         return await handler(request)
     try:
         return await handler(request)

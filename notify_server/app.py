@@ -9,6 +9,7 @@ import os
 import secrets
 import socket
 import time
+from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -33,6 +34,7 @@ from notify_server.ws import notifications_ws
 
 logger = logging.getLogger("notify.app")
 
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -51,12 +53,18 @@ def create_app(settings: Settings, *, node_id: str | None = None, dev: bool = Fa
                             session_watch_ctx, heartbeat_ctx])
     app.on_shutdown.append(drain_sockets)
     app.router.add_get("/ws/notifications", notifications_ws)
+    app.router.add_get("/static/notify-client.js", browser_client)
     api.add_routes(app)
     if dev:
         from notify_server.demo import add_demo_routes
 
         add_demo_routes(app)
     return app
+
+
+async def browser_client(request: web.Request) -> web.FileResponse:
+    """The plain-ES-module browser client (docs/client.md), for any page that wants it."""
+    return web.FileResponse(STATIC_DIR / "notify-client.js")
 
 
 # ---------------------------------------------------------------- resources

