@@ -148,7 +148,7 @@ def test_notifications_are_unique_on_event_and_recipient(database_url: str) -> N
         " WHERE tc.table_name = 'notifications' AND tc.constraint_type = 'UNIQUE'"
         " GROUP BY tc.constraint_name",
     )
-    assert [columns for _, columns in rows] == [["event_id", "recipient_id"]]
+    assert [names for _, names in rows] == [["event_id", "recipient_id"]]
 
 
 def test_duplicate_event_recipient_row_is_refused_by_the_database(fresh_database_url: str) -> None:

@@ -180,7 +180,9 @@ async def test_ten_thousand_recipients_are_all_stored_in_one_transaction(
 
     assert (await job_result(redis_client, settings, "evt-big"))["stored"] == 10_000
     async with db_pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute("SELECT count(*), count(DISTINCT recipient_id), count(DISTINCT created_at) FROM notifications")
+        await cur.execute(
+            "SELECT count(*), count(DISTINCT recipient_id), count(DISTINCT created_at) FROM notifications"
+        )
         # One statement in one transaction: every row carries that transaction's now().
         assert await cur.fetchone() == (10_000, 10_000, 1)
 
