@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import psycopg2
+import psycopg2.errors
 import redis.exceptions
 from redis.asyncio import Redis
 
@@ -246,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"notify-server: config error: {exc}", file=sys.stderr)
     except CommandError as exc:
         print(f"notify-server: {exc}", file=sys.stderr)
+    except psycopg2.errors.UndefinedTable:
+        print("notify-server: the database is not migrated: run `notify-server migrate`", file=sys.stderr)
     except psycopg2.OperationalError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"notify-server: cannot reach Postgres: {first_line}", file=sys.stderr)

@@ -149,6 +149,8 @@ class NotificationRepository:
     ) -> Page:
         """Newest first; `before` is the id of the last item of the previous page (UnknownCursor if it is
         not one of this user's)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
         async with self._pool.acquire() as conn, conn.cursor() as cur:
             clauses = ["recipient_id = %(user)s"]
             params: dict[str, Any] = {"user": user_id, "limit": limit + 1}

@@ -69,7 +69,7 @@ class RecipientSchema(Schema):
         unknown = RAISE
 
     user_id = fields.String(required=True, validate=[validate.Length(min=1, max=MAX_USER_ID_CHARS), _text])
-    email = fields.Email(load_default=None, allow_none=True, validate=validate.Length(max=320))
+    email = fields.Email(load_default=None, allow_none=True, validate=[validate.Length(max=320), _text])
 
 
 class EventSchema(Schema):

@@ -215,6 +215,14 @@ class HeartbeatSchema(_Section):
     interval_s = fields.Float(validate=_positive)
     timeout_s = fields.Float(validate=_positive)
 
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> Any:
+        # The pong must come before the next ping: timeout_s is capped at interval_s (so
+        # NOTIFY_HEARTBEAT_INTERVAL_S=2 alone is enough).
+        interval = data.get("interval_s", HeartbeatSettings.interval_s)
+        data["timeout_s"] = min(data.get("timeout_s", HeartbeatSettings.timeout_s), interval)
+        return HeartbeatSettings(**data)
+
 
 class SessionSchema(_Section):
     dataclass = SessionSettings
@@ -260,12 +268,14 @@ class PresenceSchema(_Section):
     ttl_s = fields.Integer(validate=validate.Range(min=1))
     refresh_interval_s = fields.Float(validate=_positive)
 
-    @validates_schema
-    def _refresh_before_expiry(self, data: dict[str, Any], **_: Any) -> None:
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> Any:
+        # A refresh slower than the expiry would let live users look offline between refreshes:
+        # cap it at a third of the TTL (so NOTIFY_PRESENCE_TTL_S=5 alone is enough).
         ttl = data.get("ttl_s", PresenceSettings.ttl_s)
         refresh = data.get("refresh_interval_s", PresenceSettings.refresh_interval_s)
-        if refresh >= ttl:
-            raise ValidationError("must be shorter than presence.ttl_s", "refresh_interval_s")
+        data["refresh_interval_s"] = min(refresh, ttl / 3)
+        return PresenceSettings(**data)
 
 
 class RecoverySchema(_Section):
@@ -397,10 +407,7 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
             sections[name] = schema().load(data)
         except ValidationError as exc:
             raise ConfigError(first_error(exc.messages, name)) from None
-    settings = Settings(**sections, templates=load_templates(raw.get("templates")))
-    if settings.heartbeat.timeout_s > settings.heartbeat.interval_s:
-        raise ConfigError("heartbeat.timeout_s: must not exceed heartbeat.interval_s")
-    return settings
+    return Settings(**sections, templates=load_templates(raw.get("templates")))
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -122,10 +122,6 @@ def test_unreachable_service_fails_with_one_line_naming_it(
     assert service in one_error_line(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: session commands on an unmigrated database end in a psycopg2.errors.UndefinedTable traceback",
-)
 @pytest.mark.parametrize(
     "args", [["session", "create", "--user", "u1"], ["session", "revoke", "tok"]], ids=["create", "revoke"]
 )

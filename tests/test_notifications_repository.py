@@ -186,10 +186,6 @@ async def test_garbage_or_unknown_cursor_is_unknown(repository: NotificationRepo
         await repository.list_for_user("u1", limit=10, before=cursor)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: list_for_user(limit=0) raises IndexError (items[-1] of an empty page) when the user has any row",
-)
 async def test_list_with_zero_limit_returns_an_empty_page_or_refuses_clearly(
     repository: NotificationRepository,
 ) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks of notify-server (docs/benchmarks.md). Run with scripts/bench.sh."""
