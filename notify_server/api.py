@@ -13,7 +13,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from notify_server import appkeys
 from notify_server.metrics import CONTENT_TYPE_LATEST, render
-from notify_server.notifications import UnknownCursor
+from notify_server.notifications import UnknownCursor, UnreadState
 from notify_server.routing import push_unread_counts
 from notify_server.schemas import NotificationItemSchema, first_error
 from notify_server.sessions import Session
@@ -117,31 +117,30 @@ async def unread_count(request: web.Request) -> web.Response:
 async def mark_read(request: web.Request) -> web.Response:
     _refuse_body(request)
     session = await authenticate(request)
-    notification = await request.app[appkeys.NOTIFICATIONS].mark_read(
-        session.user_id, request.match_info["notification_id"]
-    )
-    if notification is None:
+    result = await request.app[appkeys.NOTIFICATIONS].read_one(session.user_id, request.match_info["notification_id"])
+    if result is None:
         # Same answer whether it does not exist or belongs to someone else.
         return json_error(404, "not_found", "no such notification")
-    await _announce_unread_count(request, session.user_id)
-    return web.json_response(_ITEM_SCHEMA.dump(notification))
+    if result.unread is not None:
+        await _announce_unread(request, session.user_id, result.unread)
+    return web.json_response(_ITEM_SCHEMA.dump(result.notification))
 
 
 async def mark_all_read(request: web.Request) -> web.Response:
     _refuse_body(request)
     session = await authenticate(request)
-    updated = await request.app[appkeys.NOTIFICATIONS].mark_all_read(session.user_id)
-    await _announce_unread_count(request, session.user_id)
+    updated, unread = await request.app[appkeys.NOTIFICATIONS].read_all(session.user_id)
+    if unread is not None:
+        await _announce_unread(request, session.user_id, unread)
     return web.json_response({"updated": updated})
 
 
-async def _announce_unread_count(request: web.Request, user_id: str) -> None:
+async def _announce_unread(request: web.Request, user_id: str, unread: UnreadState) -> None:
     """Every tab of the user, on every node, gets the new count. The change is stored whatever happens
     here, so a Redis fault costs only the live update."""
     app = request.app
     try:
-        count = await app[appkeys.NOTIFICATIONS].count_unread(user_id)
-        await push_unread_counts(app[appkeys.PRESENCE], app[appkeys.PUSH], {user_id: count})
+        await push_unread_counts(app[appkeys.PRESENCE], app[appkeys.PUSH], {user_id: unread})
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         logger.warning("unread count not pushed (%s)", type(exc).__name__)
 

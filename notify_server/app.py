@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import socket
-import time
 from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -17,16 +16,15 @@ import redis.exceptions
 from aiohttp import web
 from redis.asyncio import Redis
 
-from notify_server import api, appkeys
+from notify_server import api, appkeys, delivery
 from notify_server.connections import NotificationWebSocketManager
-from notify_server.frames import unread_count_frame
 from notify_server.constants import CLOSE_GOING_AWAY
 from notify_server.db import close_pool, create_pool
 from notify_server.heartbeat import run_heartbeat
 from notify_server.metrics import ServerMetrics
 from notify_server.notifications import NotificationRepository
 from notify_server.presence import Presence
-from notify_server.push import PushJob, StreamPushTransport
+from notify_server.push import StreamPushTransport
 from notify_server.session_watch import SessionWatcher
 from notify_server.sessions import SessionStore
 from notify_server.settings import Settings
@@ -104,7 +102,7 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
             logger.warning("presence not cleared (%s)", type(exc).__name__)
 
     manager = NotificationWebSocketManager(
-        repository.count_unread,
+        repository.unread_state,
         send_queue_max=settings.limits.send_queue_max,
         on_first_connection=became_present,
         on_last_connection=became_absent,
@@ -159,26 +157,7 @@ def _task_ctx(name: str, make: Callable[[web.Application], Coroutine[Any, Any, N
 
 
 async def consume_pushes(app: web.Application) -> None:
-    """Read this node's push stream and hand each item to the connection map."""
-    manager = app[appkeys.MANAGER]
-    metrics = app[appkeys.METRICS]
-    async for jobs in app[appkeys.PUSH].consume(app[appkeys.NODE_ID]):
-        for job in jobs:
-            deliver(manager, job)
-            metrics.push_jobs.inc()
-            metrics.push_latency.observe(max(0.0, time.time() - job.enqueued_at))
-
-
-def deliver(manager: NotificationWebSocketManager, job: PushJob) -> None:
-    for item in job.items:
-        sockets = manager.connections.get(item.user_id)
-        if not sockets:
-            continue
-        for ws in list(sockets):
-            if item.frame is not None:
-                manager.send(ws, item.frame)
-            if item.unread_count is not None:
-                manager.send(ws, unread_count_frame(item.unread_count))
+    await delivery.consume_pushes(app[appkeys.PUSH], app[appkeys.NODE_ID], app[appkeys.MANAGER], app[appkeys.METRICS])
 
 
 async def refresh_presence(app: web.Application) -> None:

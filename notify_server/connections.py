@@ -4,6 +4,9 @@
 appends the (already serialised) frame and returns at once; a short-lived writer task drains the outbox,
 so one slow or dead socket never stalls the push loop or another user's socket. An outbox that overflows
 (`limits.send_queue_max`) closes its socket with 4008. Idle sockets have no outbox and no task.
+
+Unread counts are coalesced: an outbox keeps at most one pending count (the newest by version), sent
+after the frames queued before it, and a socket is never sent a count older than one it already got.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 import orjson
 
 from notify_server.constants import CLOSE_TOO_SLOW
 from notify_server.frames import unread_count_frame
+from notify_server.notifications import UnreadState
 
 logger = logging.getLogger("notify.connections")
 
@@ -35,7 +39,7 @@ class WebSocketLike(Protocol):
     async def close(self, *, code: int = ..., message: bytes = ...) -> Any: ...
 
 
-UnreadCounter = Callable[[str], Awaitable[int]]
+UnreadReader = Callable[[str], Awaitable["UnreadState | int"]]
 PresenceHook = Callable[[str], Awaitable[None]]
 
 
@@ -51,15 +55,21 @@ class ConnectionState:
     expiry_timer: asyncio.TimerHandle | None = None
     closing: bool = False  # a close was started: nothing more is queued for it
     transport: Any = None  # the socket's asyncio transport, to abort a stale one
+    unread_version: int = -1  # newest unread-count version queued for this socket
 
 
 class _Outbox:
-    __slots__ = ("frames", "held", "writer")
+    __slots__ = ("frames", "held", "unread", "unread_version", "writer")
 
     def __init__(self, held: bool) -> None:
-        self.frames: collections.deque[str] = collections.deque()
-        self.held = held  # frames wait until the first frame (unread count) is sent
+        self.frames: collections.deque[tuple[str, str | None]] = collections.deque()  # (text, notification id)
+        self.held = held  # nothing is written until `release` puts the first frames in front
+        self.unread: str | None = None  # the newest unread_count frame not yet written
+        self.unread_version = -1
         self.writer: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames) + (self.unread is not None)
 
 
 class NotificationWebSocketManager:
@@ -67,7 +77,7 @@ class NotificationWebSocketManager:
 
     def __init__(
         self,
-        count_unread: UnreadCounter | None = None,
+        unread_state: UnreadReader | None = None,
         *,
         send_queue_max: int = 256,
         close_timeout_s: float = 3.0,
@@ -77,12 +87,12 @@ class NotificationWebSocketManager:
     ) -> None:
         self.connections: dict[str, set[WebSocketLike]] = {}
         self.states: dict[WebSocketLike, ConnectionState] = {}
-        self._count_unread = count_unread
+        self._unread_state = unread_state
         self._send_queue_max = send_queue_max
         self._close_timeout_s = close_timeout_s
         self._on_first_connection = on_first_connection
         self._on_last_connection = on_last_connection
-        self._on_frames_sent = on_frames_sent
+        self.on_frames_sent = on_frames_sent
         self._outboxes: dict[WebSocketLike, _Outbox] = {}
         self._closing: set[asyncio.Task[Any]] = set()
 
@@ -94,7 +104,7 @@ class NotificationWebSocketManager:
         """Add a socket to the user's set. With hold=True, frames pushed to it wait for `release`."""
         sockets = self.connections.get(user_id)
         first = sockets is None
-        if first:
+        if sockets is None:
             sockets = self.connections[user_id] = set()
         sockets.add(ws)
         state = self.states[ws] = ConnectionState(user_id=user_id, session_hash=session_hash)
@@ -134,7 +144,7 @@ class NotificationWebSocketManager:
     def all_sockets(self) -> list[WebSocketLike]:
         return list(self.states)
 
-    # ---------------------------------------------------------------- sending
+    # ---------------------------------------------------------------- pushing to users
 
     async def push_to_user(self, user_id: str, payload: dict[str, Any] | str) -> int:
         """Send one frame to every socket of this user on this node; returns how many got it queued.
@@ -147,59 +157,107 @@ class NotificationWebSocketManager:
             self.send(ws, text)
         return len(sockets)
 
-    async def push_unread_count(self, user_id: str, count: int | None = None) -> int:
-        """Send the user's unread count (queried unless given) to every socket of theirs here."""
+    async def push_unread_count(self, user_id: str, unread: UnreadState | int | None = None) -> int:
+        """Send the user's unread count (read from the store unless given) to every socket here."""
         if user_id not in self.connections:
             return 0
-        if count is None:
-            if self._count_unread is None:
-                raise RuntimeError("this manager was built without an unread counter")
-            count = await self._count_unread(user_id)
-        return await self.push_to_user(user_id, unread_count_frame(count))
+        if unread is None:
+            if self._unread_state is None:
+                raise RuntimeError("this manager was built without an unread-count reader")
+            unread = await self._unread_state(user_id)
+        count, version = (unread, None) if isinstance(unread, int) else (unread.count, unread.version)
+        text = unread_count_frame(count, version)
+        sockets = self.connections.get(user_id, ())
+        for ws in list(sockets):
+            self.send_unread(ws, text, version)
+        return len(sockets)
 
-    def send(self, ws: WebSocketLike, text: str) -> None:
+    # ---------------------------------------------------------------- one socket
+
+    def send(self, ws: WebSocketLike, text: str, notification_id: str | None = None) -> None:
         """Queue one frame for one socket; close it with 4008 when its outbox is full."""
+        outbox = self._outbox(ws)
+        if outbox is None:
+            return
+        if len(outbox) >= self._send_queue_max:
+            self._overflow(ws)
+            return
+        outbox.frames.append((text, notification_id))
+        self._start_writer(ws, outbox)
+
+    def send_unread(self, ws: WebSocketLike, text: str, version: int | None) -> None:
+        """Queue an unread_count frame, replacing one still waiting; older versions are dropped."""
+        state = self.states.get(ws)
+        outbox = self._outbox(ws)
+        if outbox is None or state is None:
+            return
+        if version is not None:
+            if version <= state.unread_version:
+                return
+            state.unread_version = version
+        if outbox.unread is None and len(outbox) >= self._send_queue_max:
+            self._overflow(ws)
+            return
+        outbox.unread = text
+        self._start_writer(ws, outbox)
+
+    def release(
+        self, ws: WebSocketLike, first_frames: Sequence[str], *, unread_version: int | None = None,
+        already_sent: Collection[str] = (),
+    ) -> None:
+        """Write `first_frames` before anything pushed while the socket was held, then stop holding.
+        Held notification frames whose id is in `already_sent` (replayed in first_frames) are dropped,
+        and a held unread count not newer than `unread_version` too."""
+        outbox = self._outboxes.get(ws)
+        state = self.states.get(ws)
+        if outbox is None or state is None:
+            return
+        if already_sent:
+            outbox.frames = collections.deque(f for f in outbox.frames if f[1] not in already_sent)
+        if unread_version is not None:
+            if state.unread_version <= unread_version:
+                outbox.unread = None
+            state.unread_version = max(state.unread_version, unread_version)
+        outbox.frames.extendleft((text, None) for text in reversed(first_frames))
+        outbox.held = False
+        self._start_writer(ws, outbox)
+
+    def _outbox(self, ws: WebSocketLike) -> _Outbox | None:
         state = self.states.get(ws)
         if state is None or state.closing:
-            return
+            return None
         outbox = self._outboxes.get(ws)
         if outbox is None:
             outbox = self._outboxes[ws] = _Outbox(held=False)
-        if len(outbox.frames) >= self._send_queue_max:
-            self._overflow(ws)
-            return
-        outbox.frames.append(text)
-        if not outbox.held and outbox.writer is None:
-            outbox.writer = asyncio.get_running_loop().create_task(self._drain(ws, outbox))
+        return outbox
 
-    def release(self, ws: WebSocketLike, first_frame: str) -> None:
-        """Send `first_frame` before anything pushed while the socket was held, then stop holding."""
-        outbox = self._outboxes.get(ws)
-        if outbox is None or ws not in self.states:
-            return
-        outbox.frames.appendleft(first_frame)
-        outbox.held = False
-        if outbox.writer is None:
+    def _start_writer(self, ws: WebSocketLike, outbox: _Outbox) -> None:
+        if not outbox.held and outbox.writer is None and len(outbox):
             outbox.writer = asyncio.get_running_loop().create_task(self._drain(ws, outbox))
 
     async def _drain(self, ws: WebSocketLike, outbox: _Outbox) -> None:
         sent = 0
         try:
-            while outbox.frames:
+            while len(outbox):
                 if ws.closed:
                     break
-                await ws.send_str(outbox.frames.popleft())
+                if outbox.frames:
+                    text = outbox.frames.popleft()[0]
+                else:
+                    text, outbox.unread = outbox.unread, None  # type: ignore[assignment]
+                await ws.send_str(text)  # type: ignore[arg-type]
                 sent += 1
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a dead socket: its handler will see the close and remove it
+        except Exception as exc:  # a dead socket: its handler sees the close and removes it
             logger.debug("send failed, dropping socket: %s", type(exc).__name__)
             outbox.frames.clear()
+            outbox.unread = None
         finally:
             outbox.writer = None
-            if self._on_frames_sent is not None and sent:
-                self._on_frames_sent(sent)
-            if not outbox.frames and self._outboxes.get(ws) is outbox:
+            if self.on_frames_sent is not None and sent:
+                self.on_frames_sent(sent)
+            if not len(outbox) and self._outboxes.get(ws) is outbox:
                 del self._outboxes[ws]  # idle sockets keep no outbox
 
     def _overflow(self, ws: WebSocketLike) -> None:
@@ -207,9 +265,12 @@ class NotificationWebSocketManager:
         outbox = self._outboxes.pop(ws, None)
         if outbox is not None:
             outbox.frames.clear()
+            outbox.unread = None
             if outbox.writer is not None:
                 outbox.writer.cancel()
         self.close_soon(ws, CLOSE_TOO_SLOW, b"send queue overflow")
+
+    # ---------------------------------------------------------------- closing
 
     def close_soon(self, ws: WebSocketLike, code: int, message: bytes = b"") -> None:
         """Close a socket without waiting for it (the caller may be a push loop). The handler removes
@@ -233,6 +294,8 @@ class NotificationWebSocketManager:
 
     async def close_all(self, code: int, message: bytes = b"") -> None:
         """Close every socket (drain / shutdown) and wait for the closes to be sent."""
+        for state in self.states.values():
+            state.closing = True
         await asyncio.gather(*(self._close(ws, code, message) for ws in self.all_sockets()))
 
     async def wait_closing(self) -> None:

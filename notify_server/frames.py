@@ -9,11 +9,15 @@ from notify_server.schemas import NotificationPayloadSchema
 
 _PAYLOAD_SCHEMA = NotificationPayloadSchema()
 
+RESYNC_FRAME = orjson.dumps({"type": "resync", "data": {}}).decode()
+
 
 def notification_frame(notification: Notification) -> str:
     """`{"type": "notification", "data": {the eight keys}}`: no recipient, email or event id."""
     return orjson.dumps({"type": "notification", "data": _PAYLOAD_SCHEMA.dump(notification)}).decode()
 
 
-def unread_count_frame(count: int) -> str:
-    return orjson.dumps({"type": "unread_count", "data": {"count": count}}).decode()
+def unread_count_frame(count: int, version: int | None = None) -> str:
+    """`{"type": "unread_count", "data": {"count": N, "version": V}}`; a tab keeps the highest version."""
+    data = {"count": count} if version is None else {"count": count, "version": version}
+    return orjson.dumps({"type": "unread_count", "data": data}).decode()

@@ -61,6 +61,26 @@ class NewNotifications:
 
 
 @dataclasses.dataclass(frozen=True)
+class UnreadState:
+    """A user's unread count and its version (grows with every change of that user's count)."""
+
+    count: int
+    version: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredEvent:
+    notifications: list[Notification]  # only the rows this call inserted
+    unread: dict[str, UnreadState]  # the new state of each recipient that got a row
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadResult:
+    notification: Notification
+    unread: UnreadState | None  # None when it was already read (nothing changed)
+
+
+@dataclasses.dataclass(frozen=True)
 class Page:
     items: list[Notification]
     next_before: str | None
@@ -82,12 +102,25 @@ class NotificationRepository:
         self._pool = pool
 
     async def insert_many(self, new: NewNotifications) -> list[Notification]:
-        """Store one row per recipient in one transaction; rows that exist (same event and recipient)
-        are left as they are. Returns only the rows this call inserted."""
+        """Store one row per recipient (see store_event); returns only the rows this call inserted."""
+        return (await self.store_event(new)).notifications
+
+    async def store_event(self, new: NewNotifications) -> StoredEvent:
+        """Store one row per recipient and bump their unread counters, in one transaction. Rows that
+        exist (same event and recipient) are left as they are and counted nowhere: idempotent."""
         ids = [r.user_id for r in new.recipients]
         emails = [r.email for r in new.recipients]
+        # Sorted, so two events with overlapping recipients lock counters in the same order.
+        users = sorted({r.user_id for r in new.recipients})
         async with self._pool.acquire() as conn, conn.cursor() as cur:
             async with cur.begin():
+                # Lock the recipients' counters first: for one user, rows then get their seq in commit
+                # order, so a catch-up "after seq N" can never skip a row committed later with a lower seq.
+                await cur.execute(
+                    "INSERT INTO unread_counters AS c (user_id) SELECT unnest(%s::text[])"
+                    " ON CONFLICT (user_id) DO UPDATE SET version = c.version",
+                    (users,),
+                )
                 await cur.execute(
                     f"INSERT INTO notifications (recipient_id, recipient_email, event_id, event_type,"
                     f" title, body, priority, action_url, metadata)"
@@ -108,29 +141,40 @@ class NotificationRepository:
                         "emails": emails,
                     },
                 )
-                rows = await cur.fetchall()
-        return [Notification.from_row(row) for row in rows]
+                notifications = [Notification.from_row(row) for row in await cur.fetchall()]
+                inserted_for = sorted({n.recipient_id for n in notifications})
+                unread: dict[str, UnreadState] = {}
+                if inserted_for:
+                    await cur.execute(
+                        "UPDATE unread_counters SET unread = unread + 1, version = version + 1"
+                        " WHERE user_id = ANY(%s::text[]) RETURNING user_id, unread, version",
+                        (inserted_for,),
+                    )
+                    unread = {row[0]: UnreadState(int(row[1]), int(row[2])) for row in await cur.fetchall()}
+        return StoredEvent(notifications=notifications, unread=unread)
 
     async def count_unread(self, user_id: str) -> int:
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(
-                "SELECT count(*) FROM notifications WHERE recipient_id = %s AND read_at IS NULL", (user_id,)
-            )
-            (count,) = await cur.fetchone()
-        return int(count)
+        return (await self.unread_state(user_id)).count
 
-    async def count_unread_many(self, user_ids: Sequence[str]) -> dict[str, int]:
-        """Unread counts of several users in one query (users with none are 0)."""
+    async def unread_state(self, user_id: str) -> UnreadState:
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT unread, version FROM unread_counters WHERE user_id = %s", (user_id,))
+            row = await cur.fetchone()
+        return UnreadState(int(row[0]), int(row[1])) if row else UnreadState(0, 0)
+
+    async def unread_states(self, user_ids: Sequence[str]) -> dict[str, UnreadState]:
+        """Unread state of several users in one query (users with none are 0, version 0)."""
         if not user_ids:
             return {}
         async with self._pool.acquire() as conn, conn.cursor() as cur:
             await cur.execute(
-                "SELECT recipient_id, count(*) FROM notifications"
-                " WHERE recipient_id = ANY(%s) AND read_at IS NULL GROUP BY recipient_id",
-                (list(user_ids),),
+                "SELECT user_id, unread, version FROM unread_counters WHERE user_id = ANY(%s)", (list(user_ids),)
             )
-            counts = {row[0]: int(row[1]) for row in await cur.fetchall()}
-        return {user_id: counts.get(user_id, 0) for user_id in user_ids}
+            found = {row[0]: UnreadState(int(row[1]), int(row[2])) for row in await cur.fetchall()}
+        return {user_id: found.get(user_id, UnreadState(0, 0)) for user_id in user_ids}
+
+    async def count_unread_many(self, user_ids: Sequence[str]) -> dict[str, int]:
+        return {user_id: state.count for user_id, state in (await self.unread_states(user_ids)).items()}
 
     async def _seq_of(self, cur: Any, user_id: str, notification_id: str) -> int:
         nid = _uuid_or_none(notification_id)
@@ -182,24 +226,59 @@ class NotificationRepository:
         return [Notification.from_row(row) for row in rows]
 
     async def mark_read(self, user_id: str, notification_id: str) -> Notification | None:
-        """Mark one of this user's notifications read (idempotent: read_at keeps its first value).
-        None when the id is not one of this user's, whether or not it exists."""
+        """Mark one of this user's notifications read (see read_one); None when it is not theirs."""
+        result = await self.read_one(user_id, notification_id)
+        return result.notification if result else None
+
+    async def read_one(self, user_id: str, notification_id: str) -> ReadResult | None:
+        """Mark one of this user's notifications read. Idempotent: read_at keeps its first value and the
+        counter changes only the first time. None when the id is not one of this user's, whether or
+        not it exists."""
         nid = _uuid_or_none(notification_id)
         if nid is None:
             return None
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(
-                f"UPDATE notifications SET read_at = coalesce(read_at, now())"
-                f" WHERE notification_id = %s AND recipient_id = %s RETURNING {_COLUMNS}",
-                (nid, user_id),
-            )
-            row = await cur.fetchone()
-        return Notification.from_row(row) if row else None
+            async with cur.begin():
+                await cur.execute(
+                    f"UPDATE notifications SET read_at = now()"
+                    f" WHERE notification_id = %s AND recipient_id = %s AND read_at IS NULL RETURNING {_COLUMNS}",
+                    (nid, user_id),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    await cur.execute(
+                        f"SELECT {_COLUMNS} FROM notifications WHERE notification_id = %s AND recipient_id = %s",
+                        (nid, user_id),
+                    )
+                    row = await cur.fetchone()
+                    return ReadResult(Notification.from_row(row), None) if row else None
+                unread = await self._subtract(cur, user_id, 1)
+        return ReadResult(Notification.from_row(row), unread)
 
     async def mark_all_read(self, user_id: str) -> int:
         """Mark every unread notification of this user read; returns how many changed."""
+        return (await self.read_all(user_id))[0]
+
+    async def read_all(self, user_id: str) -> tuple[int, UnreadState | None]:
+        """(rows changed, new unread state or None when nothing changed)."""
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(
-                "UPDATE notifications SET read_at = now() WHERE recipient_id = %s AND read_at IS NULL", (user_id,)
-            )
-            return int(cur.rowcount)
+            async with cur.begin():
+                await cur.execute(
+                    "UPDATE notifications SET read_at = now() WHERE recipient_id = %s AND read_at IS NULL",
+                    (user_id,),
+                )
+                updated = int(cur.rowcount)
+                unread = await self._subtract(cur, user_id, updated) if updated else None
+        return updated, unread
+
+    @staticmethod
+    async def _subtract(cur: Any, user_id: str, read: int) -> UnreadState:
+        # `unread - read`, not 0: a concurrent insert holding this row's lock is counted after us.
+        await cur.execute(
+            "INSERT INTO unread_counters AS c (user_id, unread, version) VALUES (%s, 0, 1)"
+            " ON CONFLICT (user_id) DO UPDATE SET unread = GREATEST(c.unread - %s, 0), version = c.version + 1"
+            " RETURNING unread, version",
+            (user_id, read),
+        )
+        row = await cur.fetchone()
+        return UnreadState(int(row[0]), int(row[1]))

@@ -33,7 +33,9 @@ class PushItem:
 
     user_id: str
     frame: str | None = None
+    notification_id: str | None = None  # of `frame`, so a catch-up can drop what it replayed
     unread_count: int | None = None
+    unread_version: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,12 +57,15 @@ def stream_key(node_id: str) -> str:
 
 
 def encode_job(items: Sequence[PushItem], now: float) -> bytes:
-    return orjson.dumps({"t": now, "i": [[i.user_id, i.frame, i.unread_count] for i in items]})
+    return orjson.dumps({
+        "t": now,
+        "i": [[i.user_id, i.frame, i.notification_id, i.unread_count, i.unread_version] for i in items],
+    })
 
 
 def decode_job(payload: bytes) -> PushJob:
     data = orjson.loads(payload)
-    return PushJob(items=[PushItem(u, f, c) for u, f, c in data["i"]], enqueued_at=float(data["t"]))
+    return PushJob(items=[PushItem(*fields) for fields in data["i"]], enqueued_at=float(data["t"]))
 
 
 class StreamPushTransport:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from notify_server.notifications import UnreadState
 from notify_server.presence import Presence
 from notify_server.push import PushItem, PushTransport
 
@@ -17,9 +18,12 @@ def group_by_node(nodes: Mapping[str, Sequence[str]], items: Sequence[PushItem])
     return {node: node_items for node, node_items in grouped.items() if node_items}
 
 
-async def push_unread_counts(presence: Presence, transport: PushTransport, counts: Mapping[str, int]) -> int:
+async def push_unread_counts(
+    presence: Presence, transport: PushTransport, states: Mapping[str, UnreadState]
+) -> int:
     """Send fresh unread counts to every tab of these users on every node; returns jobs enqueued."""
-    nodes = await presence.nodes_for_users(list(counts))
-    by_node = group_by_node(nodes, [PushItem(user_id, unread_count=c) for user_id, c in counts.items()])
+    nodes = await presence.nodes_for_users(list(states))
+    items = [PushItem(user_id, unread_count=s.count, unread_version=s.version) for user_id, s in states.items()]
+    by_node = group_by_node(nodes, items)
     await transport.enqueue(by_node)
     return len(by_node)

@@ -8,7 +8,8 @@ import time
 from aiohttp import WSMsgType, web
 
 from notify_server import appkeys
-from notify_server.frames import unread_count_frame
+from notify_server.frames import RESYNC_FRAME, notification_frame, unread_count_frame
+from notify_server.notifications import NotificationRepository, UnknownCursor
 from notify_server.constants import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_UNAUTHORIZED
 from notify_server.origins import origin_allowed
 
@@ -16,6 +17,21 @@ logger = logging.getLogger("notify.ws")
 
 SESSION_COOKIE = "session_id"
 CLOSE_HANDSHAKE_TIMEOUT_S = 3.0
+
+
+async def catch_up(
+    repository: NotificationRepository, user_id: str, since: str, max_replay: int, replayed: set[str]
+) -> list[str]:
+    """Frames of the notifications stored after `since`, oldest first; a single `resync` frame when
+    `since` is unknown or more than max_replay were missed (the client then refetches over REST)."""
+    try:
+        missed = await repository.list_since(user_id, since, limit=max_replay + 1)
+    except UnknownCursor:
+        return [RESYNC_FRAME]
+    if len(missed) > max_replay:
+        return [RESYNC_FRAME]
+    replayed.update(n.notification_id for n in missed)
+    return [notification_frame(n) for n in missed]
 
 
 def token_from_request(request: web.Request) -> str | None:
@@ -51,15 +67,21 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
         await ws.close(code=CLOSE_TOO_MANY_CONNECTIONS, message=b"too many connections")
         return ws
 
-    # Registered (and present) before the count is read, so nothing stored from now on is missed;
-    # frames pushed meanwhile wait behind the first unread_count frame.
+    # Registered (and present) before anything is read from the store, so nothing stored from now on
+    # is missed; frames pushed meanwhile wait behind the first frames (count, then any catch-up).
     state = await manager.register_connection(session.user_id, ws, session_hash=session.token_hash, hold=True)
     state.transport = request.transport
     metrics.connects.inc()
     try:
         app[appkeys.SESSION_WATCHER].watch(ws, state, session.expires_at)
-        count = await app[appkeys.NOTIFICATIONS].count_unread(session.user_id)
-        manager.release(ws, unread_count_frame(count))
+        repository = app[appkeys.NOTIFICATIONS]
+        unread = await repository.unread_state(session.user_id)
+        first_frames = [unread_count_frame(unread.count, unread.version)]
+        replayed: set[str] = set()
+        since = request.query.get("since")
+        if since:
+            first_frames += await catch_up(repository, session.user_id, since, settings.recovery.max_replay, replayed)
+        manager.release(ws, first_frames, unread_version=unread.version, already_sent=replayed)
         async for message in ws:
             if message.type is WSMsgType.PONG:
                 state.last_pong_at = time.monotonic()

@@ -41,7 +41,7 @@ def clean_stores(database_url: str, redis_url: str) -> None:
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("TRUNCATE sessions, notifications")
+            cur.execute("TRUNCATE sessions, notifications, unread_counters")
     finally:
         conn.close()
     client = redis.Redis.from_url(redis_url)

@@ -45,7 +45,8 @@ async def test_two_tabs_on_two_node_processes_both_receive_and_other_user_gets_n
         tab_b = await http.ws_connect(f"http://127.0.0.1:{ports[1]}/ws/notifications", params={"token": alice})
         other = await http.ws_connect(f"http://127.0.0.1:{ports[1]}/ws/notifications", params={"token": bob})
         for ws in (tab_a, tab_b, other):
-            assert (await ws.receive_json(timeout=5)) == {"type": "unread_count", "data": {"count": 0}}
+            first = await ws.receive_json(timeout=5)
+            assert (first["type"], first["data"]["count"]) == ("unread_count", 0)
 
         emitted = subprocess.run(
             [python, "-m", "notify_server", "emit", "CLAIM_REJECTED", "--to", "alice",
@@ -57,7 +58,9 @@ async def test_two_tabs_on_two_node_processes_both_receive_and_other_user_gets_n
             frame = await ws.receive_json(timeout=10)
             assert frame["type"] == "notification"
             assert frame["data"]["body"] == "Your claim for Dr. Smith has been rejected."
-            assert (await ws.receive_json(timeout=5)) == {"type": "unread_count", "data": {"count": 1}}
+            count = await ws.receive_json(timeout=5)
+            assert (count["type"], count["data"]["count"]) == ("unread_count", 1)
+            assert count["data"]["version"] > first["data"]["version"]
         with pytest.raises(TimeoutError):
             await other.receive(timeout=0.5)
         for ws in (tab_a, tab_b, other):
