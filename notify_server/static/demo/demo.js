@@ -1,0 +1,351 @@
+// The demo page of `notify-server dev`. Notification text is user-controlled: it is only ever set
+// with textContent (never innerHTML).
+import { NotifyClient } from "/static/notify-client.js";
+
+const $ = (id) => document.getElementById(id);
+const PAGE_SIZE = 20;
+const TOAST_MS = 6000;
+
+const state = {
+  user: null,
+  client: null,
+  items: new Map(), // notification_id -> item, rendered newest first
+  nextBefore: null,
+  unreadOnly: false,
+  templates: {},
+};
+
+// ---------------------------------------------------------------- helpers
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text != null) node.textContent = String(text);
+  return node;
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (_) {
+    data = null;
+  }
+  if (!response.ok) {
+    const message = (data && data.error && data.error.message) || `${response.status} ${response.statusText}`;
+    const error = new Error(message);
+    error.status = response.status;
+    throw error;
+  }
+  return data;
+}
+
+function timeAgo(iso) {
+  const then = Date.parse(iso);
+  if (!then) return "";
+  const s = Math.max(0, Math.round((Date.now() - then) / 1000));
+  if (s < 10) return "just now";
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return new Date(then).toLocaleDateString();
+}
+
+// ---------------------------------------------------------------- status, badge
+
+const STATUS_TEXT = {
+  connecting: "connecting…",
+  open: "live",
+  reconnecting: "reconnecting",
+  unauthorized: "signed out",
+  stopped: "not connected",
+};
+
+function showStatus(status, info = {}) {
+  $("status").dataset.status = status;
+  let text = STATUS_TEXT[status] || status;
+  if (status === "reconnecting" && info.delayMs != null) {
+    text += ` in ${(info.delayMs / 1000).toFixed(1)} s` + (info.code ? ` (close ${info.code})` : "");
+  }
+  $("status-text").textContent = text;
+}
+
+function showCount(count) {
+  const badge = $("badge");
+  badge.textContent = count > 99 ? "99+" : String(count);
+  badge.dataset.count = String(count);
+  badge.hidden = !(count > 0);
+  document.title = count > 0 ? `(${count}) notify-server demo` : "notify-server demo";
+}
+
+// ---------------------------------------------------------------- list
+
+function renderItem(item) {
+  const li = el("li", "item");
+  li.dataset.id = item.notification_id;
+  li.dataset.priority = item.priority || "NORMAL";
+  li.classList.toggle("unread", !item.read_at);
+  li.tabIndex = 0;
+  li.title = item.read_at ? "read" : "click to mark read";
+
+  const head = el("div", "item-head");
+  head.append(el("span", "title", item.title), el("span", `prio prio-${(item.priority || "").toLowerCase()}`, item.priority));
+  li.append(head, el("p", "body", item.body));
+  const meta = el("div", "meta muted");
+  meta.append(el("span", null, item.event_type), el("span", null, timeAgo(item.created_at)));
+  if (item.action_url) meta.append(el("code", null, item.action_url));
+  li.append(meta);
+
+  const markRead = () => {
+    if (item.read_at) return;
+    state.client.markRead(item.notification_id).then(
+      (updated) => upsert(updated),
+      (error) => flash(`Could not mark read: ${error.message}`),
+    );
+  };
+  li.addEventListener("click", markRead);
+  li.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      markRead();
+    }
+  });
+  return li;
+}
+
+function renderList() {
+  const list = $("list");
+  const items = [...state.items.values()]
+    .filter((item) => !state.unreadOnly || !item.read_at)
+    .sort((a, b) => (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : 0));
+  list.replaceChildren(...items.map(renderItem));
+  $("empty").hidden = items.length > 0;
+  $("more").hidden = !state.nextBefore;
+}
+
+function upsert(item) {
+  state.items.set(item.notification_id, { ...(state.items.get(item.notification_id) || {}), ...item });
+  renderList();
+}
+
+async function loadList({ append = false } = {}) {
+  const page = await state.client.list({
+    unreadOnly: state.unreadOnly,
+    limit: PAGE_SIZE,
+    before: append ? state.nextBefore : undefined,
+  });
+  if (!append) state.items.clear();
+  for (const item of page.items) state.items.set(item.notification_id, item);
+  state.nextBefore = page.next_before;
+  renderList();
+}
+
+let refreshTimer = null;
+function refreshListSoon() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => {
+    if (state.client) loadList().catch(() => {});
+  }, 150);
+}
+
+function refresh() {
+  // The unread count needs no refetch: the server sends one on connect and after every change.
+  loadList().catch((error) => flash(`Could not load notifications: ${error.message}`));
+}
+
+// ---------------------------------------------------------------- toasts
+
+function toast(n) {
+  const box = el("div", "toast");
+  box.dataset.id = n.notification_id;
+  box.dataset.priority = n.priority || "NORMAL";
+  box.setAttribute("role", "status");
+  box.append(el("strong", "title", n.title), el("p", "body", n.body));
+  const close = () => box.remove();
+  box.addEventListener("click", close);
+  $("toasts").append(box);
+  setTimeout(close, TOAST_MS);
+}
+
+function flash(message) {
+  const box = el("div", "toast toast-error", message);
+  box.addEventListener("click", () => box.remove());
+  $("toasts").append(box);
+  setTimeout(() => box.remove(), TOAST_MS);
+}
+
+// ---------------------------------------------------------------- session
+
+function startClient() {
+  if (state.client) state.client.stop();
+  state.client = new NotifyClient({
+    onStatus: showStatus,
+    onUnreadCount: (count) => {
+      showCount(count);
+      // Read in another tab or device: the server's count fell below what this list shows unread.
+      const shownUnread = [...state.items.values()].filter((item) => !item.read_at).length;
+      if (count < shownUnread) refreshListSoon();
+    },
+    onNotification: (n) => upsert({ ...n, read_at: null }),
+    onToast: toast,
+    onResync: refresh,
+    onUnauthorized: () => signedOut("Your session ended. Sign in again."),
+  });
+  state.client.start();
+  loadList().catch((error) => flash(`Could not load notifications: ${error.message}`));
+}
+
+function signedIn(user) {
+  state.user = user;
+  $("who-name").textContent = user;
+  $("who").hidden = false;
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  if (!$("emit-to").value) $("emit-to").value = user;
+  startClient();
+  loadTemplates();
+}
+
+function signedOut(message) {
+  if (state.client) state.client.stop();
+  state.client = null;
+  state.user = null;
+  state.items.clear();
+  state.nextBefore = null;
+  renderList();
+  showCount(0);
+  showStatus("unauthorized");
+  $("who").hidden = true;
+  $("app").hidden = true;
+  $("signin").hidden = false;
+  const error = $("signin-error");
+  error.textContent = message || "";
+  error.hidden = !message;
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const user = $("signin-user").value.trim();
+  if (!user) return;
+  try {
+    const body = await api("POST", "/dev/session", { user_id: user });
+    $("emit-to").value = body.user_id;
+    signedIn(body.user_id);
+  } catch (error) {
+    signedOut(`Sign-in failed: ${error.message}`);
+  }
+}
+
+async function signOut() {
+  try {
+    await api("POST", "/dev/logout");
+  } finally {
+    signedOut();
+  }
+}
+
+// ---------------------------------------------------------------- emit form
+
+async function loadTemplates() {
+  if (Object.keys(state.templates).length) return;
+  try {
+    state.templates = (await api("GET", "/dev/templates")).templates || {};
+  } catch (error) {
+    flash(`Could not load templates: ${error.message}`);
+    return;
+  }
+  const select = $("emit-type");
+  select.replaceChildren(...Object.keys(state.templates).map((type) => {
+    const option = el("option", null, type);
+    option.value = type;
+    return option;
+  }));
+  showTemplate();
+}
+
+const SAMPLE = {
+  provider_name: "Dr. Smith", claim_id: "abc123", amount: "$120.00", requester_name: "Dr. Jones",
+  document_name: "insurance card", request_id: "req-42", time: "10:30", date: "Friday",
+  appointment_id: "apt-7", last4: "4242", author_name: "Sam", excerpt: "Looks good to me!",
+};
+
+function showTemplate() {
+  const template = state.templates[$("emit-type").value];
+  const vars = $("emit-vars");
+  if (!template) {
+    vars.replaceChildren();
+    $("emit-template").textContent = "";
+    return;
+  }
+  $("emit-template").textContent = `${template.title} — ${template.body}`;
+  vars.replaceChildren(...template.variables.map((name) => {
+    const label = el("label", null, name);
+    const input = el("input");
+    input.name = name;
+    input.dataset.var = name;
+    input.autocomplete = "off";
+    input.value = SAMPLE[name] || "";
+    label.append(input);
+    return label;
+  }));
+}
+
+async function emit(event) {
+  event.preventDefault();
+  const data = {};
+  for (const input of $("emit-vars").querySelectorAll("input[data-var]")) data[input.dataset.var] = input.value;
+  const to = $("emit-to").value.split(",").map((s) => s.trim()).filter(Boolean);
+  const result = $("emit-result");
+  result.hidden = false;
+  result.className = "result";
+  result.textContent = "sending…";
+  try {
+    const body = await api("POST", "/dev/emit", { event_type: $("emit-type").value, to, data });
+    result.textContent = `queued for ${to.join(", ")} (event ${body.event_id})`;
+  } catch (error) {
+    result.className = "result error";
+    result.textContent = error.message;
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+async function main() {
+  $("signin-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", signOut);
+  $("emit-form").addEventListener("submit", emit);
+  $("emit-type").addEventListener("change", showTemplate);
+  $("mark-all").addEventListener("click", () => {
+    state.client.markAllRead().then(() => {
+      for (const item of state.items.values()) if (!item.read_at) item.read_at = new Date().toISOString();
+      renderList();
+    }, (error) => flash(`Could not mark all read: ${error.message}`));
+  });
+  $("more").addEventListener("click", () => loadList({ append: true }).catch((error) => flash(error.message)));
+  $("unread-only").addEventListener("change", (event) => {
+    state.unreadOnly = event.target.checked;
+    loadList().catch((error) => flash(error.message));
+  });
+  $("bell").addEventListener("click", () => {
+    $("unread-only").checked = state.unreadOnly = !state.unreadOnly;
+    if (state.client) loadList().catch((error) => flash(error.message));
+  });
+  setInterval(() => state.items.size && renderList(), 30000); // keep "x min ago" fresh
+
+  try {
+    const me = await api("GET", "/dev/whoami");
+    signedIn(me.user_id);
+  } catch (_) {
+    signedOut();
+    showStatus("stopped");
+    $("signin-user").focus();
+  }
+}
+
+main();

@@ -1,0 +1,446 @@
+/**
+ * notify-client.js — browser client for notify-server (plain ES module, no build step, no dependencies).
+ *
+ *   import { NotifyClient } from "/static/notify-client.js";
+ *   const client = new NotifyClient({
+ *     onNotification(n) { ... },     // every new notification, in every tab (deduplicated per tab)
+ *     onToast(n) { ... },            // once per notification across the tabs of this browser
+ *     onUnreadCount(count) { ... },  // the server's unread count (stale versions dropped)
+ *     onResync(info) { ... },        // refetch your list over REST: info.reason is "server" or "reconnect"
+ *     onUnauthorized(info) { ... },  // close code 4001: the client stopped; sign in, then start() again
+ *     onStatus(status, info) { ... } // "connecting" | "open" | "reconnecting" | "unauthorized" | "stopped"
+ *   });
+ *   client.start();
+ *
+ * Options (all optional):
+ *   url                 WebSocket URL. Default: same origin, ws(s)://<host>/ws/notifications.
+ *   apiBase             prefix of the REST API. Default: "" (same origin, "/api/notifications/...").
+ *   token               session token sent as ?token= (WebSocket) and "Authorization: Bearer" (REST);
+ *                       leave unset to use the session_id cookie.
+ *   useSince            default true: reconnect with ?since=<last notification_id seen> so the server can
+ *                       replay what was missed (harmless when it does not).
+ *   since               initial notification_id for ?since= (e.g. the newest one your page rendered).
+ *   resyncOnReconnect   "auto" (default): after a reconnect (not the first connect) made without ?since=,
+ *                       call onResync({reason: "reconnect"}) so the page refetches what it missed offline;
+ *                       with ?since= the server replays the missed ones (or sends "resync" itself).
+ *                       true: after every reconnect; false: never.
+ *   channelName         BroadcastChannel name for the one-toast-per-browser election. Default "notify-client".
+ *   toastWindowMs       how long a tab collects other tabs' claims before toasting. Default 200.
+ *   dedupeSize          how many notification ids are remembered for deduplication. Default 500.
+ *   backoffBaseMs       exponential backoff base. Default 500.
+ *   backoffCapMs        exponential backoff cap. Default 30000.
+ *   stableAfterMs       a connection that stayed open this long resets the backoff. Default 10000.
+ *   goingAwayMaxMs      1001 (server shutting down): reconnect after a random delay in [0, this]. Default 5000.
+ *   tooManyDelayMs      4029 (too many connections): wait a random delay in [this/2, this]. Default 60000.
+ *
+ * Methods:
+ *   start(), stop()                            open / close (stop() cancels any pending reconnect)
+ *   list({unreadOnly, limit, before})          -> {items, next_before}   GET  /api/notifications
+ *   unreadCount()                              -> number                 GET  /api/notifications/unread-count
+ *   markRead(id)                               -> the item               POST /api/notifications/{id}/read
+ *   markAllRead()                              -> {updated}              POST /api/notifications/read-all
+ * REST failures reject with a NotifyApiError (status, code, message from {"error": {code, message}}).
+ *
+ * Reconnection, by close code:
+ *   1001 server shutting down  -> reconnect after a random delay (spreads the herd over other nodes)
+ *   4001 unauthorized          -> stop; onUnauthorized() is called; no reconnect until start()
+ *   4008 too slow              -> reconnect with exponential backoff
+ *   4029 too many connections  -> long delay (tooManyDelayMs), then reconnect
+ *   anything else (1006, ...)  -> exponential backoff with full jitter: random(0, min(cap, base * 2^n))
+ */
+
+export const CLOSE_GOING_AWAY = 1001;
+export const CLOSE_UNAUTHORIZED = 4001;
+export const CLOSE_TOO_SLOW = 4008;
+export const CLOSE_TOO_MANY_CONNECTIONS = 4029;
+
+/** A failed REST call: HTTP status plus the server's {"error": {code, message}} when it sent one. */
+export class NotifyApiError extends Error {
+  constructor(status, code, message) {
+    super(message || `HTTP ${status}`);
+    this.name = "NotifyApiError";
+    this.status = status;
+    this.code = code || "http_error";
+  }
+}
+
+const noop = () => {};
+
+/** A Set that forgets its oldest entries beyond `max`. */
+class BoundedSet {
+  constructor(max) {
+    this.max = max;
+    this.items = new Set();
+  }
+  has(value) {
+    return this.items.has(value);
+  }
+  add(value) {
+    if (this.items.has(value)) return;
+    this.items.add(value);
+    while (this.items.size > this.max) this.items.delete(this.items.values().next().value);
+  }
+}
+
+function defaultUrl() {
+  const scheme = globalThis.location && location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws/notifications`;
+}
+
+function randomId() {
+  if (globalThis.crypto && crypto.randomUUID) return crypto.randomUUID();
+  return Math.random().toString(36).slice(2) + Date.now().toString(36);
+}
+
+/** Claim order for the toast election: visible tabs first, then the earliest claim, then the tab id. */
+function claimBefore(a, b) {
+  if (a.hidden !== b.hidden) return !a.hidden;
+  if (a.ts !== b.ts) return a.ts < b.ts;
+  return a.tab < b.tab;
+}
+
+export class NotifyClient {
+  constructor(options = {}) {
+    this.options = {
+      url: null,
+      apiBase: "",
+      token: null,
+      useSince: true,
+      since: null,
+      resyncOnReconnect: "auto",
+      channelName: "notify-client",
+      toastWindowMs: 200,
+      dedupeSize: 500,
+      backoffBaseMs: 500,
+      backoffCapMs: 30000,
+      stableAfterMs: 10000,
+      goingAwayMaxMs: 5000,
+      tooManyDelayMs: 60000,
+      ...options,
+    };
+    const o = this.options;
+    this.onNotification = o.onNotification || noop;
+    this.onToast = o.onToast || noop;
+    this.onUnreadCount = o.onUnreadCount || noop;
+    this.onResync = o.onResync || noop;
+    this.onUnauthorized = o.onUnauthorized || noop;
+    this.onStatus = o.onStatus || noop;
+
+    this.status = "stopped";
+    this.tabId = randomId();
+    this._ws = null;
+    this._timer = null;
+    this._attempt = 0;
+    this._openedAt = 0;
+    this._connects = 0;
+    this._running = false;
+    this._retryable = false;
+    this._seen = new BoundedSet(o.dedupeSize);
+    this._lastId = o.since || null;
+    this._lastAt = 0; // created_at (ms) of _lastId, so a late, older item never moves `since` back
+    this._lastVersion = null;
+    this._channel = null;
+    this._claims = new Map(); // notification_id -> best claim seen {tab, ts, hidden, done}
+    this._onOnline = () => {
+      if (this._running && this._timer && this._retryable) this._connectNow();
+    };
+  }
+
+  /** The notification_id that the next connection sends as ?since=. */
+  get lastNotificationId() {
+    return this._lastId;
+  }
+
+  start() {
+    if (this._running) return;
+    this._running = true;
+    this._attempt = 0;
+    this._connects = 0;
+    if (typeof BroadcastChannel === "function" && this.options.channelName) {
+      this._channel = new BroadcastChannel(this.options.channelName);
+      this._channel.onmessage = (event) => this._onChannelMessage(event.data);
+    }
+    if (globalThis.addEventListener) addEventListener("online", this._onOnline);
+    this._connect();
+  }
+
+  stop() {
+    this._halt();
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) ws.close(1000, "client stopped");
+    if (this.status !== "stopped") this._setStatus("stopped");
+  }
+
+  _halt() {
+    this._running = false;
+    this._clearTimer();
+    if (globalThis.removeEventListener) removeEventListener("online", this._onOnline);
+    if (this._channel) {
+      this._channel.close();
+      this._channel = null;
+    }
+  }
+
+  // ------------------------------------------------------------------ REST
+
+  async list({ unreadOnly = false, limit, before } = {}) {
+    const query = new URLSearchParams();
+    if (unreadOnly) query.set("unread_only", "true");
+    if (limit != null) query.set("limit", String(limit));
+    if (before) query.set("before", before);
+    const qs = query.toString();
+    const page = await this._request("GET", `/api/notifications${qs ? "?" + qs : ""}`);
+    for (const item of page.items || []) this._seen.add(item.notification_id);
+    // The first page of everything holds the newest notification: a good `since` for the next connect.
+    if (!unreadOnly && !before && page.items && page.items.length) this._remember(page.items[0]);
+    return page;
+  }
+
+  async unreadCount() {
+    const body = await this._request("GET", "/api/notifications/unread-count");
+    return body.count;
+  }
+
+  async markRead(id) {
+    return this._request("POST", `/api/notifications/${encodeURIComponent(id)}/read`);
+  }
+
+  async markAllRead() {
+    return this._request("POST", "/api/notifications/read-all");
+  }
+
+  async _request(method, path) {
+    const headers = { Accept: "application/json" };
+    if (this.options.token) headers.Authorization = `Bearer ${this.options.token}`;
+    const response = await fetch(this.options.apiBase + path, {
+      method,
+      headers,
+      credentials: this.options.apiBase ? "include" : "same-origin",
+      cache: "no-store",
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    if (!response.ok) {
+      const error = (body && body.error) || {};
+      throw new NotifyApiError(response.status, error.code, error.message || response.statusText);
+    }
+    return body;
+  }
+
+  // ------------------------------------------------------------- WebSocket
+
+  _socketUrl(since) {
+    const url = new URL(this.options.url || defaultUrl(), globalThis.location ? location.href : undefined);
+    if (this.options.token) url.searchParams.set("token", this.options.token);
+    if (since) url.searchParams.set("since", since);
+    return url.toString();
+  }
+
+  _connect() {
+    this._timer = null;
+    if (!this._running) return;
+    this._setStatus("connecting", { attempt: this._attempt });
+    const since = this.options.useSince ? this._lastId : null;
+    let ws;
+    try {
+      ws = new WebSocket(this._socketUrl(since));
+    } catch (error) {
+      this._retryable = true;
+      this._scheduleReconnect(this._backoffDelay(), { error: String(error) });
+      return;
+    }
+    this._ws = ws;
+    let welcomed = false;
+    ws.onopen = () => {
+      if (ws === this._ws) this._openedAt = Date.now();
+    };
+    ws.onmessage = (event) => {
+      if (ws !== this._ws) return;
+      if (!welcomed) {
+        // The server authenticates after the upgrade and then sends unread_count first: the socket is
+        // "open" (authenticated) only from its first frame on, never for a socket about to get 4001.
+        welcomed = true;
+        this._connects += 1;
+        this._lastVersion = null; // the first count of a connection is read fresh: always taken
+        this._setStatus("open");
+        const resync = this.options.resyncOnReconnect;
+        if (this._connects > 1 && (resync === true || (resync === "auto" && !since))) {
+          this._safe(this.onResync, { reason: "reconnect" });
+        }
+      }
+      this._onFrame(event.data);
+    };
+    ws.onclose = (event) => {
+      if (ws !== this._ws) return;
+      this._ws = null;
+      this._onClose(event.code, event.reason);
+    };
+  }
+
+  _connectNow() {
+    this._clearTimer();
+    this._connect();
+  }
+
+  _onClose(code, reason) {
+    if (!this._running) return;
+    const stayedUp = this._openedAt && Date.now() - this._openedAt >= this.options.stableAfterMs;
+    this._openedAt = 0;
+    if (stayedUp) this._attempt = 0;
+    const info = { code, reason };
+    if (code === CLOSE_UNAUTHORIZED) {
+      this._halt();
+      this._setStatus("unauthorized", info);
+      this._safe(this.onUnauthorized, info);
+      return;
+    }
+    let delay;
+    this._retryable = true;
+    if (code === CLOSE_GOING_AWAY) {
+      delay = Math.random() * this.options.goingAwayMaxMs;
+    } else if (code === CLOSE_TOO_MANY_CONNECTIONS) {
+      const longest = this.options.tooManyDelayMs;
+      delay = longest / 2 + Math.random() * (longest / 2);
+      this._retryable = false; // going online again is no reason to retry sooner
+    } else {
+      delay = this._backoffDelay(); // 4008 and every other code (1006 = dropped, ...)
+    }
+    this._scheduleReconnect(delay, info);
+  }
+
+  /** Full jitter: random(0, min(cap, base * 2^attempt)); the attempt count grows until a stable connection. */
+  _backoffDelay() {
+    const { backoffBaseMs, backoffCapMs } = this.options;
+    const ceiling = Math.min(backoffCapMs, backoffBaseMs * 2 ** Math.min(this._attempt, 30));
+    this._attempt += 1;
+    return Math.random() * ceiling;
+  }
+
+  _scheduleReconnect(delay, info) {
+    this._clearTimer();
+    const delayMs = Math.round(delay);
+    this._setStatus("reconnecting", { ...info, delayMs, attempt: this._attempt });
+    this._timer = setTimeout(() => this._connect(), delayMs);
+  }
+
+  _clearTimer() {
+    if (this._timer) clearTimeout(this._timer);
+    this._timer = null;
+  }
+
+  _setStatus(status, info = {}) {
+    this.status = status;
+    this._safe(this.onStatus, status, info);
+  }
+
+  _safe(callback, ...args) {
+    try {
+      callback(...args);
+    } catch (error) {
+      console.error("notify-client: callback failed", error);
+    }
+  }
+
+  _onFrame(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch (_) {
+      return; // not ours
+    }
+    if (!frame || typeof frame !== "object") return;
+    const data = frame.data || {};
+    if (frame.type === "notification") {
+      this._onNotification(data);
+    } else if (frame.type === "unread_count") {
+      if (typeof data.version === "number") {
+        if (this._lastVersion !== null && data.version < this._lastVersion) return; // stale
+        this._lastVersion = data.version;
+      }
+      this._safe(this.onUnreadCount, data.count);
+    } else if (frame.type === "resync") {
+      this._safe(this.onResync, { reason: "server" });
+    }
+  }
+
+  _onNotification(n) {
+    const id = n.notification_id;
+    if (!id || this._seen.has(id)) return;
+    this._seen.add(id);
+    this._remember(n);
+    this._safe(this.onNotification, n);
+    this._electToast(n);
+  }
+
+  _remember(n) {
+    const at = Date.parse(n.created_at) || 0;
+    if (!this._lastId || at >= this._lastAt) {
+      this._lastId = n.notification_id;
+      this._lastAt = at;
+    }
+  }
+
+  // ------------------------------------------- one toast per browser (BroadcastChannel)
+
+  /**
+   * Every tab that receives the notification posts a claim {tab, ts, hidden}; after toastWindowMs the
+   * tab whose claim orders first (visible before hidden, then earliest, then lowest tab id) toasts and
+   * announces "done", so tabs that get the frame later (e.g. replayed on reconnect) stay quiet.
+   */
+  _electToast(n) {
+    const id = n.notification_id;
+    if (!this._channel) {
+      this._safe(this.onToast, n);
+      return;
+    }
+    const known = this._claims.get(id);
+    if (known && known.done) return; // another tab already toasted it
+    const mine = {
+      tab: this.tabId,
+      ts: Date.now(),
+      hidden: typeof document !== "undefined" && document.visibilityState === "hidden",
+    };
+    if (!known || claimBefore(mine, known)) this._setClaim(id, { ...mine, done: false });
+    this._post({ type: "claim", id, ...mine });
+    setTimeout(() => {
+      const best = this._claims.get(id);
+      if (!this._channel || !best || best.done || best.tab !== this.tabId) return;
+      best.done = true;
+      this._post({ type: "done", id, tab: this.tabId });
+      this._safe(this.onToast, n);
+    }, this.options.toastWindowMs);
+  }
+
+  _onChannelMessage(message) {
+    if (!message || typeof message.id !== "string") return;
+    const known = this._claims.get(message.id);
+    if (message.type === "claim") {
+      const theirs = { tab: String(message.tab), ts: Number(message.ts), hidden: !!message.hidden };
+      if (!known) this._setClaim(message.id, { ...theirs, done: false });
+      else if (!known.done && claimBefore(theirs, known)) this._setClaim(message.id, { ...theirs, done: false });
+    } else if (message.type === "done") {
+      this._setClaim(message.id, { tab: String(message.tab), ts: 0, hidden: false, done: true });
+    }
+  }
+
+  _setClaim(id, claim) {
+    this._claims.delete(id);
+    this._claims.set(id, claim);
+    while (this._claims.size > this.options.dedupeSize) this._claims.delete(this._claims.keys().next().value);
+  }
+
+  _post(message) {
+    try {
+      this._channel.postMessage(message);
+    } catch (_) {
+      // channel closed by stop(); nothing to tell
+    }
+  }
+}
+
+export default NotifyClient;

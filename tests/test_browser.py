@@ -1,0 +1,499 @@
+"""The demo page and notify-client.js in a real headless Chromium against the real `notify-server dev`.
+
+Debian's `chromium` package (installed here with apt-get when missing) driven by Playwright's Python
+package; `playwright install` is never run. One browser context = one cookie jar, so two pages in it are
+two tabs of the same signed-in user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]  # the first run may apt-get install chromium
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ARTIFACTS = REPO_ROOT / "artifacts"
+DOCS_SCREENSHOT = REPO_ROOT / "docs" / "demo.png"
+START_TIMEOUT_S = 60
+UI_TIMEOUT_MS = 15_000
+
+
+def _unavailable(reason: str) -> None:
+    """In CI a missing browser is a failure; on a developer machine, a clear skip."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _ensure_chromium() -> str:
+    if os.path.exists(CHROMIUM):
+        return CHROMIUM
+    if not shutil.which("apt-get"):
+        _unavailable(f"{CHROMIUM} is missing and apt-get is not available to install Debian's chromium")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            _unavailable(f"`{' '.join(command)}` failed (needed for {CHROMIUM}): {' | '.join(tail)}")
+    if not os.path.exists(CHROMIUM):
+        _unavailable(f"apt-get installed chromium but {CHROMIUM} does not exist")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed (pip install -e .[test])")
+    executable = _ensure_chromium()
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+class DevServer:
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, base_url: str) -> None:
+        self.process = process
+        self.log_path = log_path
+        self.base_url = base_url
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"`notify-server dev` exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            if "ready" in self.log():
+                try:
+                    if _get(self.base_url + "/healthz") == 200:
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        pytest.fail(f"`notify-server dev` was not ready within {START_TIMEOUT_S} s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+@pytest.fixture
+def dev_server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[DevServer]:
+    port = _free_port()
+    python = REPO_ROOT / ".venv" / "bin" / "python"
+    env = {**cli_env, "NOTIFY_DEV_DATA_DIR": str(tmp_path / "dev-data"), "PYTHONUNBUFFERED": "1"}
+    log_path = tmp_path / "dev.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(python if python.exists() else sys.executable), "-m", "notify_server", "dev",
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    server = DevServer(process, log_path, f"http://127.0.0.1:{port}")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        if process.poll() is None:
+            server.stop()
+
+
+def _badge(page: Any) -> Any:
+    return page.locator("#badge")
+
+
+def _one_toast(pages: list[Any], body: str) -> Any:
+    """Exactly one of the tabs shows the toast with this body (both tabs are visible here, so the earlier
+    claim wins the election; which tab that is, is not fixed). Returns that tab."""
+    selector = "#toasts .toast:not(.toast-error) .body"
+
+    def counts() -> list[int]:
+        return [page.locator(selector, has_text=body).count() for page in pages]
+
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while not any(counts()) and time.monotonic() < deadline:
+        pages[0].wait_for_timeout(50)
+    pages[0].wait_for_timeout(500)  # a second tab's toast, if the election failed, would be up by now
+    found = counts()
+    assert sorted(found) == [0] * (len(pages) - 1) + [1], f"toasts per tab {found}: expected exactly one"
+    return pages[found.index(1)]
+
+
+def _emit(page: Any, event_type: str, to: list[str], data: dict[str, str]) -> int:
+    """POST /dev/emit from the page (its cookie, its origin); returns the HTTP status."""
+    return page.evaluate(
+        """async ([event_type, to, data]) => {
+            const response = await fetch('/dev/emit', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                                       body: JSON.stringify({event_type, to, data})});
+            return response.status;
+        }""",
+        [event_type, to, data],
+    )
+
+
+def test_demo_two_tabs_toast_badge_mark_read_and_unauthorized(browser: Any, dev_server: DevServer) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    base = dev_server.base_url
+    console_errors: list[str] = []
+    context = browser.new_context(viewport={"width": 1180, "height": 680})
+    try:
+        page_a = context.new_page()
+        page_a.on("pageerror", lambda exc: console_errors.append(f"A: {exc}"))
+        sockets_a: list[Any] = []
+        page_a.on("websocket", lambda ws: sockets_a.append(ws))
+
+        # Tab A: sign in as alice; the socket goes live and the count is 0.
+        page_a.goto(base + "/")
+        expect(page_a.locator("#signin")).to_be_visible()
+        page_a.fill("#signin-user", "alice")
+        page_a.click("#signin-form button[type=submit]")
+        expect(page_a.locator("#who-name")).to_have_text("alice")
+        expect(page_a.locator("#status")).to_have_attribute("data-status", "open")
+        expect(_badge(page_a)).to_be_hidden()
+
+        # Tab B: same context, same cookie, already signed in.
+        page_b = context.new_page()
+        page_b.on("pageerror", lambda exc: console_errors.append(f"B: {exc}"))
+        sockets_b: list[Any] = []
+        page_b.on("websocket", lambda ws: sockets_b.append(ws))
+        page_b.goto(base + "/")
+        expect(page_b.locator("#who-name")).to_have_text("alice")
+        expect(page_b.locator("#status")).to_have_attribute("data-status", "open")
+
+        # Emit through A's form: the templates fill the select, one input per variable.
+        expect(page_a.locator("#emit-type option[value=CLAIM_REJECTED]")).to_have_count(1)
+        page_a.select_option("#emit-type", "CLAIM_REJECTED")
+        page_a.fill("#emit-vars input[data-var=provider_name]", "Dr. Smith")
+        page_a.fill("#emit-vars input[data-var=claim_id]", "abc123")
+        page_a.fill("#emit-to", "alice")
+        page_a.click("#emit-submit")
+        expect(page_a.locator("#emit-result")).to_contain_text("queued for alice")
+
+        body = "Your claim for Dr. Smith has been rejected."
+        for page in (page_a, page_b):
+            item = page.locator("#list .item.unread")
+            expect(item).to_have_count(1)
+            expect(item.locator(".title")).to_have_text("Claim Rejected")
+            expect(item.locator(".body")).to_have_text(body)
+            expect(_badge(page)).to_have_text("1")
+        _one_toast([page_a, page_b], body)
+
+        # Mark read in A (click the item): the badge drops in B, and B's list follows.
+        page_a.click("#list .item.unread")
+        expect(page_a.locator("#list .item.unread")).to_have_count(0)
+        expect(_badge(page_b)).to_be_hidden()
+        expect(_badge(page_b)).to_have_attribute("data-count", "0")
+        expect(page_b.locator("#list .item.unread")).to_have_count(0)
+        expect(page_b.locator("#list .item")).to_have_count(1)
+
+        # Two more, then the screenshot (list, toast, badge) of the tab that shows the last toast.
+        assert _emit(page_b, "COMMENT_ADDED", ["alice"], {"author_name": "Sam", "excerpt": "Looks good to me!"}) == 202
+        _one_toast([page_a, page_b], "Sam commented: Looks good to me!")
+        assert _emit(page_a, "PAYMENT_FAILED", ["alice", "bob"], {"last4": "4242"}) == 202
+        expect(_badge(page_a)).to_have_text("2")
+        expect(_badge(page_b)).to_have_text("2")
+        toast_page = _one_toast([page_a, page_b], "We could not charge your card ending in 4242. "
+                                                  "Please update your payment method.")
+        ARTIFACTS.mkdir(exist_ok=True)
+        toast_page.bring_to_front()  # a background tab does not run the toast's fade-in
+        toast_page.mouse.move(1, 600)
+        toast_page.wait_for_timeout(300)
+        toast_page.screenshot(path=str(ARTIFACTS / "demo.png"))
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(ARTIFACTS / "demo.png", DOCS_SCREENSHOT)
+
+        # Notification text is data, never markup.
+        hostile = '<img src=x onerror="window.pwned=1"><b>bold</b>'
+        assert _emit(page_b, "COMMENT_ADDED", ["alice"], {"author_name": "Eve", "excerpt": hostile}) == 202
+        comment = f"Eve commented: {hostile}"
+        for page in (page_a, page_b):
+            expect(page.locator("#list .item.unread .body", has_text="Eve commented")).to_have_text(comment)
+            expect(_badge(page)).to_have_text("3")
+        _one_toast([page_a, page_b], comment)
+        for page in (page_a, page_b):
+            assert page.locator("#list img, #list b, #toasts img, #toasts b").count() == 0
+            assert page.evaluate("window.pwned") is None
+
+        # A bad event is answered with a clear 400, shown next to the form.
+        page_a.select_option("#emit-type", "CLAIM_REJECTED")
+        page_a.fill("#emit-to", " , ")
+        page_a.click("#emit-submit")
+        expect(page_a.locator("#emit-result.error")).not_to_be_empty()
+
+        # Mark all read in B: A's badge and list follow.
+        page_b.click("#mark-all")
+        expect(_badge(page_a)).to_be_hidden()
+        expect(page_a.locator("#list .item.unread")).to_have_count(0)
+        expect(page_a.locator("#list .item")).to_have_count(4)
+
+        # Sign out in A: the session is revoked, so B's socket is closed with 4001 and B stops too.
+        page_a.click("#sign-out")
+        expect(page_a.locator("#signin")).to_be_visible()
+        expect(page_b.locator("#signin")).to_be_visible(timeout=10_000)
+        expect(page_b.locator("#status")).to_have_attribute("data-status", "unauthorized")
+        connects = (len(sockets_a), len(sockets_b))
+        page_b.wait_for_timeout(2000)
+        assert (len(sockets_a), len(sockets_b)) == connects, "a socket was reopened after 4001"
+        assert connects == (1, 1)
+    finally:
+        context.close()
+
+    # A NotifyClient without any session: the server closes with 4001, onUnauthorized fires once and
+    # the client does not try again.
+    stranger = browser.new_context()
+    try:
+        page = stranger.new_page()
+        page.on("pageerror", lambda exc: console_errors.append(f"stranger: {exc}"))
+        sockets: list[Any] = []
+        page.on("websocket", lambda ws: sockets.append(ws))
+        page.goto(base + "/")
+        expect(page.locator("#signin")).to_be_visible()
+        assert sockets == []  # the demo opens no socket before sign-in
+        page.evaluate(
+            """async () => {
+                const { NotifyClient } = await import('/static/notify-client.js');
+                window.events = [];
+                window.client = new NotifyClient({
+                    backoffBaseMs: 50,
+                    onUnauthorized: (info) => window.events.push(['unauthorized', info.code]),
+                    onStatus: (status) => window.events.push(['status', status]),
+                });
+                window.client.start();
+            }"""
+        )
+        page.wait_for_function(
+            "() => window.events.some(e => e[0] === 'unauthorized')", timeout=UI_TIMEOUT_MS)
+        page.wait_for_timeout(2000)
+        events = page.evaluate("window.events")
+        assert ["unauthorized", 4001] in events
+        assert [e for e in events if e[0] == "unauthorized"] == [["unauthorized", 4001]]
+        statuses = [e[1] for e in events if e[0] == "status"]
+        assert statuses == ["connecting", "unauthorized"]
+        assert page.evaluate("window.client.status") == "unauthorized"
+        assert len(sockets) == 1, f"{len(sockets)} WebSocket connects after a 4001 close"
+
+        # Nobody listening (a dropped connection, 1006): exponential backoff with full jitter, capped.
+        page.evaluate(
+            """async (url) => {
+                const { NotifyClient } = await import('/static/notify-client.js');
+                window.retries = [];
+                window.dropped = new NotifyClient({
+                    url, backoffBaseMs: 20, backoffCapMs: 160,
+                    onStatus: (status, info) => { if (status === 'reconnecting') window.retries.push(info); },
+                });
+                window.dropped.start();
+            }""",
+            f"ws://127.0.0.1:{_free_port()}/ws/notifications",
+        )
+        page.wait_for_function("() => window.retries.length >= 8", timeout=UI_TIMEOUT_MS)
+        page.evaluate("window.dropped.stop()")
+        retries = page.evaluate("window.retries")
+        assert all(r["code"] == 1006 and 0 <= r["delayMs"] <= 160 for r in retries), retries
+        assert [r["attempt"] for r in retries[:8]] == list(range(1, 9))
+        assert page.evaluate("window.dropped.status") == "stopped"
+
+        # A signed-in client when the server shuts down: 1001, reconnect after a random delay.
+        page.evaluate(
+            """async () => {
+                const response = await fetch('/dev/session', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                                              body: JSON.stringify({user_id: 'carol'})});
+                if (!response.ok) throw new Error('sign-in failed: ' + response.status);
+                const { NotifyClient } = await import('/static/notify-client.js');
+                window.closes = [];
+                window.counts = [];
+                window.carol = new NotifyClient({
+                    goingAwayMaxMs: 60000,  // do not come back while this test looks
+                    onUnreadCount: (count) => window.counts.push(count),
+                    onStatus: (status, info) => { if (status === 'reconnecting') window.closes.push(info); },
+                });
+                window.carol.start();
+            }"""
+        )
+        try:
+            page.wait_for_function("() => window.carol.status === 'open' && window.counts.length > 0",
+                                   timeout=UI_TIMEOUT_MS)
+        except Exception:
+            state = page.evaluate("[window.carol.status, window.counts, window.closes]")
+            pytest.fail(f"carol's client did not open: {state}\n{dev_server.log()[-3000:]}")
+        assert set(page.evaluate("window.counts")) == {0}
+        assert console_errors == []
+
+        # SIGTERM stops the whole dev stack cleanly, closing the socket with 1001 first.
+        assert dev_server.stop() == 0, dev_server.log()[-3000:]
+        assert "stopped" in dev_server.log()
+        page.wait_for_function("() => window.closes.length > 0", timeout=UI_TIMEOUT_MS)
+        closes = page.evaluate("window.closes")
+        assert closes[0]["code"] == 1001 and 0 <= closes[0]["delayMs"] <= 60000, closes
+        page.evaluate("window.carol.stop()")
+    finally:
+        stranger.close()
+
+
+CLIENT_JS = REPO_ROOT / "notify_server" / "static" / "notify-client.js"
+FAKE_ORIGIN = "http://notify.test"
+
+
+def _frame(kind: str, data: dict[str, Any]) -> str:
+    return json.dumps({"type": kind, "data": data})
+
+
+def _notification(notification_id: str, created_at: str) -> dict[str, Any]:
+    return {"notification_id": notification_id, "title": "T", "body": "B", "priority": "NORMAL",
+            "action_url": None, "event_type": "COMMENT_ADDED", "metadata": {}, "created_at": created_at}
+
+
+def test_client_protocol_with_a_scripted_server(browser: Any) -> None:
+    """notify-client.js against a scripted WebSocket (Playwright's routeWebSocket): versions, dedupe,
+    resync, `since`, and the reconnect rule of each close code, without any real server."""
+    from playwright.sync_api import Route, WebSocketRoute
+
+    context = browser.new_context()
+    sockets: list[WebSocketRoute] = []
+
+    def serve(route: Route) -> None:
+        if route.request.url.endswith("/static/notify-client.js"):
+            route.fulfill(body=CLIENT_JS.read_text(), content_type="text/javascript")
+        else:
+            route.fulfill(body="<!doctype html><title>client</title>", content_type="text/html")
+
+    try:
+        page = context.new_page()
+        page.route(f"{FAKE_ORIGIN}/**", serve)
+        page.route_web_socket(re.compile(r"^ws://notify\.test/ws/notifications"), lambda ws: sockets.append(ws))
+        page.goto(FAKE_ORIGIN + "/")
+        page.evaluate(
+            """async () => {
+                const { NotifyClient } = await import('/static/notify-client.js');
+                window.log = {counts: [], notes: [], toasts: [], resyncs: [], statuses: [], unauthorized: 0};
+                window.client = new NotifyClient({
+                    backoffBaseMs: 40, backoffCapMs: 40, goingAwayMaxMs: 40, tooManyDelayMs: 600,
+                    toastWindowMs: 20,
+                    onUnreadCount: (c) => log.counts.push(c),
+                    onNotification: (n) => log.notes.push(n.notification_id),
+                    onToast: (n) => log.toasts.push(n.notification_id),
+                    onResync: (info) => log.resyncs.push(info.reason),
+                    onUnauthorized: () => { log.unauthorized += 1; },
+                    onStatus: (s, info) => log.statuses.push([s, info.code ?? null, info.delayMs ?? null]),
+                });
+                window.client.start();
+            }"""
+        )
+
+        def wait_sockets(n: int, timeout_s: float = 5.0) -> WebSocketRoute:
+            deadline = time.monotonic() + timeout_s
+            while len(sockets) < n and time.monotonic() < deadline:
+                page.wait_for_timeout(20)
+            assert len(sockets) >= n, f"{len(sockets)} connects, expected {n}"
+            return sockets[n - 1]
+
+        def log() -> dict[str, Any]:
+            return page.evaluate("window.log")
+
+        first = wait_sockets(1)
+        assert "since=" not in first.url  # nothing seen yet
+        first.send(_frame("unread_count", {"count": 3, "version": 5}))
+        first.send(_frame("unread_count", {"count": 9, "version": 4}))  # stale: dropped
+        first.send(_frame("unread_count", {"count": 4}))  # no version: taken
+        first.send(_frame("unread_count", {"count": 2, "version": 6}))
+        first.send(_frame("notification", _notification("n1", "2026-02-17T10:00:00.000Z")))
+        first.send(_frame("notification", _notification("n1", "2026-02-17T10:00:00.000Z")))  # duplicate
+        first.send("not json")
+        first.send(_frame("notification", _notification("n2", "2026-02-17T10:00:01.000Z")))
+        first.send(_frame("resync", {}))
+        page.wait_for_function("() => window.log.resyncs.length === 1 && window.log.toasts.length === 2")
+        state = log()
+        assert state["counts"] == [3, 4, 2]
+        assert state["notes"] == ["n1", "n2"]
+        assert state["toasts"] == ["n1", "n2"]  # a single tab always wins the election
+        assert state["resyncs"] == ["server"]
+        assert page.evaluate("window.client.status") == "open"
+
+        # 4008 (too slow): backoff, then a reconnect that asks for what came after n2.
+        first.close(code=4008, reason="too slow")
+        second = wait_sockets(2)
+        assert "since=n2" in second.url
+        second.send(_frame("unread_count", {"count": 1, "version": 2}))  # a new connection's first count
+        second.send(_frame("notification", _notification("n2", "2026-02-17T10:00:01.000Z")))  # replayed
+        second.send(_frame("notification", _notification("n3", "2026-02-17T10:00:02.000Z")))
+        page.wait_for_function("() => window.log.notes.length === 3")
+        state = log()
+        assert state["notes"] == ["n1", "n2", "n3"]
+        assert state["counts"][-1] == 1
+        assert state["resyncs"] == ["server"]  # reconnected with since: the server replays, no refetch
+
+        # 1001 (server going away): a random delay within goingAwayMaxMs.
+        second.close(code=1001, reason="shutting down")
+        third = wait_sockets(3)
+        assert "since=n3" in third.url
+        third.send(_frame("unread_count", {"count": 1}))
+
+        # 4029 (too many connections): no reconnect at once, only after [300, 600] ms.
+        page.wait_for_function("() => window.client.status === 'open'")
+        closed_at = time.monotonic()
+        third.close(code=4029, reason="too many connections")
+        page.wait_for_timeout(250)
+        assert len(sockets) == 3, "reconnected at once after 4029"
+        fourth = wait_sockets(4)
+        assert time.monotonic() - closed_at >= 0.3
+        delays = {code: delay for status, code, delay in log()["statuses"] if status == "reconnecting"}
+        assert 0 <= delays[1001] <= 40 and 0 <= delays[4008] <= 40 and 300 <= delays[4029] <= 600
+
+        # 4001: stop for good.
+        fourth.close(code=4001, reason="unauthorized")
+        page.wait_for_function("() => window.log.unauthorized === 1")
+        page.wait_for_timeout(500)
+        assert len(sockets) == 4
+        assert page.evaluate("window.client.status") == "unauthorized"
+        assert log()["statuses"][-1][0] == "unauthorized"
+    finally:
+        context.close()
