@@ -6,7 +6,7 @@ setup(
     description="Real-time notification service: arq event pipeline, Postgres storage, WebSocket push",
     python_requires=">=3.11",
     packages=find_packages(include=["notify_server", "notify_server.*", "workers", "workers.*"]),
-    package_data={"notify_server": ["static/*"]},
+    package_data={"notify_server": ["static/*", "static/demo/*"]},
     include_package_data=True,
     install_requires=[
         "aiohttp>=3.9,<4",
@@ -26,6 +26,7 @@ setup(
             "pytest-aiohttp>=1.1",
             "pytest-timeout>=2.3",
             "hypothesis>=6",
+            "playwright>=1.48",  # drives Debian's chromium in tests/test_browser.py (no browser download)
         ],
         # Used only by `notify-server dev` and by the tests when no Postgres/Redis is running.
         "embedded": [

@@ -39,6 +39,12 @@ class Processes:
         self.started.append(process)
         return process
 
+    def start_module(self, name: str, module: str, env: dict[str, str]) -> Process:
+        """`python -m <module>` instead of `python -m notify_server …`."""
+        process = Process([], env, self.logs / f"{name}.log", module=module)
+        self.started.append(process)
+        return process
+
     def __enter__(self) -> Processes:
         return self
 

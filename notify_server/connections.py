@@ -56,6 +56,10 @@ class ConnectionState:
     closing: bool = False  # a close was started: nothing more is queued for it
     transport: Any = None  # the socket's asyncio transport, to abort a stale one
     unread_version: int = -1  # newest unread-count version queued for this socket
+    # Notifications a catch-up replayed: a push of one of them can still be on its way (committed
+    # before the catch-up query, pushed after it), so it is dropped until `replayed_until`.
+    replayed: frozenset[str] = frozenset()
+    replayed_until: float = 0.0
 
 
 class _Outbox:
@@ -111,7 +115,8 @@ class NotificationWebSocketManager:
         if hold:
             self._outboxes[ws] = _Outbox(held=True)
         if first and self._on_first_connection is not None:
-            await self._on_first_connection(user_id)
+            # Shielded: a handler cancelled now (client gone, shutdown) must still leave presence right.
+            await asyncio.shield(self._on_first_connection(user_id))
         return state
 
     async def remove_connection(self, user_id: str, ws: WebSocketLike) -> None:
@@ -129,7 +134,7 @@ class NotificationWebSocketManager:
         if not sockets:
             del self.connections[user_id]
             if self._on_last_connection is not None:
-                await self._on_last_connection(user_id)
+                await asyncio.shield(self._on_last_connection(user_id))
 
     def count(self, user_id: str) -> int:
         return len(self.connections.get(user_id, ()))
@@ -179,6 +184,8 @@ class NotificationWebSocketManager:
         outbox = self._outbox(ws)
         if outbox is None:
             return
+        if notification_id is not None and self._was_replayed(ws, notification_id):
+            return
         if len(outbox) >= self._send_queue_max:
             self._overflow(ws)
             return
@@ -203,17 +210,20 @@ class NotificationWebSocketManager:
 
     def release(
         self, ws: WebSocketLike, first_frames: Sequence[str], *, unread_version: int | None = None,
-        already_sent: Collection[str] = (),
+        already_sent: Collection[str] = (), already_sent_ttl_s: float = 30.0,
     ) -> None:
         """Write `first_frames` before anything pushed while the socket was held, then stop holding.
-        Held notification frames whose id is in `already_sent` (replayed in first_frames) are dropped,
-        and a held unread count not newer than `unread_version` too."""
+        Notification frames whose id is in `already_sent` (replayed in first_frames) are dropped, held
+        or arriving within `already_sent_ttl_s`; so is a held unread count not newer than
+        `unread_version`."""
         outbox = self._outboxes.get(ws)
         state = self.states.get(ws)
         if outbox is None or state is None:
             return
         if already_sent:
             outbox.frames = collections.deque(f for f in outbox.frames if f[1] not in already_sent)
+            state.replayed = frozenset(already_sent)
+            state.replayed_until = time.monotonic() + already_sent_ttl_s
         if unread_version is not None:
             if state.unread_version <= unread_version:
                 outbox.unread = None
@@ -221,6 +231,15 @@ class NotificationWebSocketManager:
         outbox.frames.extendleft((text, None) for text in reversed(first_frames))
         outbox.held = False
         self._start_writer(ws, outbox)
+
+    def _was_replayed(self, ws: WebSocketLike, notification_id: str) -> bool:
+        state = self.states[ws]
+        if not state.replayed:
+            return False
+        if time.monotonic() > state.replayed_until:
+            state.replayed = frozenset()
+            return False
+        return notification_id in state.replayed
 
     def _outbox(self, ws: WebSocketLike) -> _Outbox | None:
         state = self.states.get(ws)

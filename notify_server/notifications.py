@@ -106,12 +106,25 @@ class NotificationRepository:
         return (await self.store_event(new)).notifications
 
     async def store_event(self, new: NewNotifications) -> StoredEvent:
-        """Store one row per recipient and bump their unread counters, in one transaction. Rows that
-        exist (same event and recipient) are left as they are and counted nowhere: idempotent."""
-        ids = [r.user_id for r in new.recipients]
-        emails = [r.email for r in new.recipients]
-        # Sorted, so two events with overlapping recipients lock counters in the same order.
-        users = sorted({r.user_id for r in new.recipients})
+        """Store one event's rows (see store_events)."""
+        return (await self.store_events([new]))[0]
+
+    async def store_events(self, events: Sequence[NewNotifications]) -> list[StoredEvent]:
+        """Store one row per (event, recipient) for several events in one transaction and bump the
+        recipients' unread counters; one StoredEvent per event, in order. Rows that exist (same event
+        and recipient) are left as they are and counted nowhere: idempotent."""
+        if not events:
+            return []
+        recipient_ids: list[str] = []
+        emails: list[str | None] = []
+        event_index: list[int] = []
+        for index, new in enumerate(events, start=1):
+            for recipient in new.recipients:
+                recipient_ids.append(recipient.user_id)
+                emails.append(recipient.email)
+                event_index.append(index)
+        # Sorted, so transactions with overlapping recipients lock counters in the same order.
+        users = sorted(set(recipient_ids))
         async with self._pool.acquire() as conn, conn.cursor() as cur:
             async with cur.begin():
                 # Lock the recipients' counters first: for one user, rows then get their seq in commit
@@ -124,34 +137,52 @@ class NotificationRepository:
                 await cur.execute(
                     f"INSERT INTO notifications (recipient_id, recipient_email, event_id, event_type,"
                     f" title, body, priority, action_url, metadata)"
-                    f" SELECT r.id, r.email, %(event_id)s, %(event_type)s, %(title)s, %(body)s,"
-                    f" %(priority)s, %(action_url)s, %(metadata)s::jsonb"
-                    f" FROM unnest(%(ids)s::text[], %(emails)s::text[]) AS r(id, email)"
+                    f" SELECT r.id, r.email, e.event_id, e.event_type, e.title, e.body, e.priority,"
+                    f" e.action_url, e.metadata::jsonb"
+                    f" FROM unnest(%(ids)s::text[], %(emails)s::text[], %(ev)s::int[])"
+                    f"   WITH ORDINALITY AS r(id, email, ev, ord)"
+                    f" JOIN unnest(%(event_ids)s::text[], %(types)s::text[], %(titles)s::text[], %(bodies)s::text[],"
+                    f"   %(priorities)s::text[], %(urls)s::text[], %(metadata)s::text[])"
+                    f"   WITH ORDINALITY AS e(event_id, event_type, title, body, priority, action_url, metadata, ev)"
+                    f"   USING (ev)"
+                    f" ORDER BY r.ord"
                     f" ON CONFLICT (event_id, recipient_id) DO NOTHING"
                     f" RETURNING {_COLUMNS}",
                     {
-                        "event_id": new.event_id,
-                        "event_type": new.event_type,
-                        "title": new.title,
-                        "body": new.body,
-                        "priority": new.priority,
-                        "action_url": new.action_url,
-                        "metadata": orjson.dumps(new.metadata).decode(),
-                        "ids": ids,
+                        "ids": recipient_ids,
                         "emails": emails,
+                        "ev": event_index,
+                        "event_ids": [e.event_id for e in events],
+                        "types": [e.event_type for e in events],
+                        "titles": [e.title for e in events],
+                        "bodies": [e.body for e in events],
+                        "priorities": [e.priority for e in events],
+                        "urls": [e.action_url for e in events],
+                        "metadata": [orjson.dumps(e.metadata).decode() for e in events],
                     },
                 )
-                notifications = [Notification.from_row(row) for row in await cur.fetchall()]
-                inserted_for = sorted({n.recipient_id for n in notifications})
+                inserted = [Notification.from_row(row) for row in await cur.fetchall()]
+                new_per_user: dict[str, int] = {}
+                for n in inserted:
+                    new_per_user[n.recipient_id] = new_per_user.get(n.recipient_id, 0) + 1
                 unread: dict[str, UnreadState] = {}
-                if inserted_for:
+                if new_per_user:
+                    counted = sorted(new_per_user)
                     await cur.execute(
-                        "UPDATE unread_counters SET unread = unread + 1, version = version + 1"
-                        " WHERE user_id = ANY(%s::text[]) RETURNING user_id, unread, version",
-                        (inserted_for,),
+                        "UPDATE unread_counters AS c SET unread = c.unread + d.n, version = c.version + 1"
+                        " FROM unnest(%s::text[], %s::int[]) AS d(u, n) WHERE c.user_id = d.u"
+                        " RETURNING c.user_id, c.unread, c.version",
+                        (counted, [new_per_user[u] for u in counted]),
                     )
                     unread = {row[0]: UnreadState(int(row[1]), int(row[2])) for row in await cur.fetchall()}
-        return StoredEvent(notifications=notifications, unread=unread)
+        by_event: dict[str, list[Notification]] = {}
+        for n in inserted:
+            by_event.setdefault(n.event_id, []).append(n)
+        results = []
+        for new in events:
+            rows = by_event.get(new.event_id, [])
+            results.append(StoredEvent(notifications=rows, unread={n.recipient_id: unread[n.recipient_id] for n in rows}))
+        return results
 
     async def count_unread(self, user_id: str) -> int:
         return (await self.unread_state(user_id)).count

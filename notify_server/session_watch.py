@@ -90,11 +90,11 @@ class SessionWatcher:
             except Exception:
                 logger.exception("periodic session re-check failed; trying again next interval")
 
-    async def run_revocations(self, redis: Redis) -> None:
+    async def run_revocations(self, client: Redis) -> None:
         """Listen for revocations; resubscribes by itself after a Redis outage."""
         delay_s = 0.1
         while True:
-            pubsub = redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(SESSION_REVOKED_CHANNEL)
                 delay_s = 0.1

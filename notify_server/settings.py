@@ -109,6 +109,7 @@ class RecoverySettings:
 @dataclasses.dataclass(frozen=True)
 class WorkerSettingsConfig:
     poll_delay_s: float = 0.05
+    batch_max: int = 200
     max_jobs: int = 50
     job_timeout_s: float = 60.0
     max_tries: int = 20
@@ -286,6 +287,7 @@ class RecoverySchema(_Section):
 class WorkerSchema(_Section):
     dataclass = WorkerSettingsConfig
     poll_delay_s = fields.Float(validate=_positive)
+    batch_max = fields.Integer(validate=validate.Range(min=1, max=5000))
     max_jobs = fields.Integer(validate=validate.Range(min=1))
     job_timeout_s = fields.Float(validate=_positive)
     max_tries = fields.Integer(validate=validate.Range(min=1))

@@ -81,7 +81,8 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
         since = request.query.get("since")
         if since:
             first_frames += await catch_up(repository, session.user_id, since, settings.recovery.max_replay, replayed)
-        manager.release(ws, first_frames, unread_version=unread.version, already_sent=replayed)
+        manager.release(ws, first_frames, unread_version=unread.version, already_sent=replayed,
+                        already_sent_ttl_s=settings.push.job_expiry_s)
         async for message in ws:
             if message.type is WSMsgType.PONG:
                 state.last_pong_at = time.monotonic()

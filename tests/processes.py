@@ -26,16 +26,17 @@ def free_port() -> int:
 class Process:
     """One `python -m notify_server …` child, its output in a file, stopped for sure at the end."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, args: Sequence[str], env: dict[str, str], log_path: Path, module: str = "notify_server") -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "notify_server", *args],
+            [sys.executable, "-m", module, *args],
             env=env, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def signal(self, signum: int = signal.SIGTERM) -> None:

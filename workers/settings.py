@@ -17,6 +17,7 @@ from notify_server.push import StreamPushTransport
 from notify_server.producer import DEFAULT_QUEUE, deserialize_job, serialize_job
 from notify_server.settings import Settings, load_settings
 from workers import context
+from workers.consumer import EventConsumer
 from workers.jobs import process_event
 
 
@@ -53,8 +54,14 @@ class WorkerSettings:
     job_deserializer = deserialize_job
 
 
-def build_worker(settings: Settings, **overrides: Any) -> Worker:
-    """An arq Worker for this config; tests pass `burst=True, poll_delay=0`."""
+def build_worker(settings: Settings, **overrides: Any) -> EventConsumer:
+    """The batched consumer for this config (workers/consumer.py); tests pass `burst=True, poll_delay=0`."""
+    return EventConsumer(settings, **overrides)
+
+
+def build_arq_worker(settings: Settings, **overrides: Any) -> Worker:
+    """A plain arq Worker running `process_event` one job at a time (the reference the batched consumer
+    is measured against in bench/)."""
     settings.require_services()
     worker_config = settings.worker
     options: dict[str, Any] = dict(

@@ -1,0 +1,15 @@
+"""A plain arq worker running `process_event` one job at a time: the reference for the batched consumer.
+
+    NOTIFY_DATABASE_URL=… NOTIFY_REDIS_URL=… .venv/bin/python -m bench.arq_worker
+"""
+
+from __future__ import annotations
+
+from notify_server.logs import configure_logging
+from notify_server.settings import load_settings
+from workers.settings import build_arq_worker
+
+if __name__ == "__main__":
+    settings = load_settings()
+    configure_logging(settings.log.level, settings.log.format)
+    build_arq_worker(settings).run()
