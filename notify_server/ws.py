@@ -92,6 +92,6 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
                 break
             # Text and binary frames from clients carry nothing we need: read (size-limited) and ignored.
     finally:
-        await manager.remove_connection(session.user_id, ws)
         metrics.disconnects.labels(str(ws.close_code or 1006)).inc()
+        await manager.remove_connection(session.user_id, ws)
     return ws

@@ -1,0 +1,119 @@
+"""Metrics move with connections and events; logs never carry tokens; JSON log lines parse."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import orjson
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from notify_server.app import create_app
+from notify_server.logs import JsonFormatter, RedactingFilter, redact
+from notify_server.producer import enqueue_event
+from notify_server.sessions import SessionStore
+from notify_server.settings import Settings
+from tests.helpers import run_worker_burst
+
+
+def samples(text: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            found[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return found
+
+
+async def metrics_of(client: TestClient) -> dict[str, float]:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    return samples(await response.text())
+
+
+async def test_metrics_count_connections_auth_failures_and_pushes(
+    settings: Settings, aiohttp_client, sessions: SessionStore, redis_client
+) -> None:
+    client = await aiohttp_client(create_app(settings, node_id="metrics-node"))
+    before = await metrics_of(client)
+    assert before["notify_open_connections"] == 0
+
+    token = (await sessions.create("alice", 60)).token
+    ws = await client.ws_connect("/ws/notifications", params={"token": token})
+    await ws.receive_json(timeout=5)
+    refused = await client.ws_connect("/ws/notifications", params={"token": "not-a-session"})
+    await refused.receive(timeout=5)
+    await enqueue_event(redis_client, {
+        "event_id": "metrics-1", "event_type": "CLAIM_REJECTED", "recipients": [{"user_id": "alice"}],
+        "data": {"provider_name": "P", "claim_id": "1"},
+    })
+    await run_worker_burst(settings)
+    assert (await ws.receive_json(timeout=5))["type"] == "notification"
+    await ws.receive_json(timeout=5)  # its unread count
+
+    during = await metrics_of(client)
+    assert during["notify_open_connections"] == 1
+    assert during["notify_connects_total"] == before["notify_connects_total"] + 1
+    assert during["notify_auth_failures_total{surface=websocket}"] == 1
+    assert during["notify_push_jobs_total"] >= 1
+    assert during["notify_frames_pushed_total"] >= 3  # count on connect, the notification, the new count
+    assert during["notify_push_latency_seconds_count"] >= 1
+
+    await ws.close()
+    for _ in range(50):
+        after = await metrics_of(client)
+        if after["notify_open_connections"] == 0:
+            break
+    assert after["notify_open_connections"] == 0
+    assert after["notify_disconnects_total{code=1000}"] == 1
+    assert after["notify_disconnects_total{code=4001}"] == 1
+
+
+async def test_worker_metrics_count_processed_and_rejected_events(settings: Settings, redis_client) -> None:
+    await enqueue_event(redis_client, {
+        "event_id": "ok-1", "event_type": "CLAIM_REJECTED", "recipients": [{"user_id": "u1"}, {"user_id": "u2"}],
+        "data": {"provider_name": "P", "claim_id": "1"},
+    })
+    await enqueue_event(redis_client, {"event_id": "bad-1", "event_type": "NO_SUCH_TYPE", "recipients": [{"user_id": "u1"}]})
+
+    worker = await run_worker_burst(settings)
+
+    found = samples(_render(worker))
+    assert found["notify_events_processed_total"] == 1
+    assert found["notify_notifications_stored_total"] == 2
+    assert found["notify_events_rejected_total{reason=event_type}"] == 1
+    assert found["notify_event_job_duration_seconds_count"] >= 1
+
+
+def _render(worker) -> str:
+    from notify_server.metrics import render
+
+    return render(worker.metrics.registry).decode()
+
+
+def test_tokens_are_redacted_from_access_log_lines_and_headers() -> None:
+    line = '127.0.0.1 "GET /ws/notifications?token=abc.DEF-123_x&since=9 HTTP/1.1" 101 0'
+    assert "abc.DEF-123_x" not in redact(line)
+    assert "token=[redacted]" in redact(line)
+    assert "since=9" in redact(line)
+    assert "s3cr3t" not in redact("Authorization: Bearer s3cr3t")
+    assert "s3cr3t" not in redact("Cookie: session_id=s3cr3t; theme=dark")
+
+
+def test_redacting_filter_rewrites_records_from_any_logger() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("aiohttp.access.test")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning('%s "%s"', "127.0.0.1", "GET /ws/notifications?token=SECRETTOKEN HTTP/1.1")
+    finally:
+        logger.removeHandler(handler)
+    line = stream.getvalue().strip()
+    entry = orjson.loads(line)  # one JSON object per line
+    assert entry["level"] == "WARNING" and entry["logger"] == "aiohttp.access.test"
+    assert "SECRETTOKEN" not in line
