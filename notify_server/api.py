@@ -17,6 +17,7 @@ from notify_server.notifications import UnknownCursor, UnreadState
 from notify_server.routing import push_unread_counts
 from notify_server.schemas import NotificationItemSchema, first_error
 from notify_server.sessions import Session
+from notify_server.stores import STORE_ERRORS
 from notify_server.ws import SESSION_COOKIE
 
 logger = logging.getLogger("notify.api")
@@ -60,6 +61,9 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         return json_error(exc.status, _STATUS_CODES.get(exc.status, "error"), exc.reason)
     except asyncio.CancelledError:
         raise
+    except STORE_ERRORS as exc:
+        logger.warning("%s %s: store unreachable (%s)", request.method, request.path, type(exc).__name__)
+        return json_error(503, "unavailable", "storage is unreachable; try again shortly")
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
         return json_error(500, "internal_error", "internal error")

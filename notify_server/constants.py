@@ -2,6 +2,7 @@
 
 # WebSocket close codes (README: "Close codes").
 CLOSE_GOING_AWAY = 1001  # server shutting down / draining
+CLOSE_TRY_AGAIN = 1013  # Postgres or Redis unreachable while connecting: reconnect with backoff
 CLOSE_UNAUTHORIZED = 4001  # no, invalid, expired or revoked session
 CLOSE_TOO_SLOW = 4008  # the per-connection send queue overflowed
 CLOSE_TOO_MANY_CONNECTIONS = 4029  # over limits.max_connections_per_user

@@ -10,13 +10,31 @@ from aiohttp import WSMsgType, web
 from notify_server import appkeys
 from notify_server.frames import RESYNC_FRAME, notification_frame, unread_count_frame
 from notify_server.notifications import NotificationRepository, UnknownCursor
-from notify_server.constants import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_UNAUTHORIZED
+from notify_server.constants import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
 from notify_server.origins import origin_allowed
+from notify_server.stores import STORE_ERRORS
 
 logger = logging.getLogger("notify.ws")
 
 SESSION_COOKIE = "session_id"
 CLOSE_HANDSHAKE_TIMEOUT_S = 3.0
+
+
+async def send_first_frames(request: web.Request, ws: web.WebSocketResponse, user_id: str) -> None:
+    """The unread count, then (with ?since=) the missed notifications, then whatever was held."""
+    app = request.app
+    settings = app[appkeys.SETTINGS]
+    repository = app[appkeys.NOTIFICATIONS]
+    unread = await repository.unread_state(user_id)
+    first_frames = [unread_count_frame(unread.count, unread.version)]
+    replayed: set[str] = set()
+    since = request.query.get("since")
+    if since:
+        first_frames += await catch_up(repository, user_id, since, settings.recovery.max_replay, replayed)
+    app[appkeys.MANAGER].release(
+        ws, first_frames, unread_version=unread.version, already_sent=replayed,
+        already_sent_ttl_s=settings.push.job_expiry_s,
+    )
 
 
 async def catch_up(
@@ -54,7 +72,13 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
 
-    session = await app[appkeys.SESSIONS].validate(token_from_request(request))
+    try:
+        session = await app[appkeys.SESSIONS].validate(token_from_request(request))
+    except STORE_ERRORS as exc:
+        logger.warning("session store unreachable (%s): closing with %d", type(exc).__name__, CLOSE_TRY_AGAIN)
+        metrics.disconnects.labels(str(CLOSE_TRY_AGAIN)).inc()
+        await ws.close(code=CLOSE_TRY_AGAIN, message=b"try again later")
+        return ws
     if session is None:
         metrics.auth_failures.labels("websocket").inc()
         metrics.disconnects.labels(str(CLOSE_UNAUTHORIZED)).inc()
@@ -74,15 +98,13 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
     metrics.connects.inc()
     try:
         app[appkeys.SESSION_WATCHER].watch(ws, state, session.expires_at)
-        repository = app[appkeys.NOTIFICATIONS]
-        unread = await repository.unread_state(session.user_id)
-        first_frames = [unread_count_frame(unread.count, unread.version)]
-        replayed: set[str] = set()
-        since = request.query.get("since")
-        if since:
-            first_frames += await catch_up(repository, session.user_id, since, settings.recovery.max_replay, replayed)
-        manager.release(ws, first_frames, unread_version=unread.version, already_sent=replayed,
-                        already_sent_ttl_s=settings.push.job_expiry_s)
+        try:
+            await send_first_frames(request, ws, session.user_id)
+        except STORE_ERRORS as exc:
+            logger.warning("store unreachable while connecting (%s): closing with %d",
+                           type(exc).__name__, CLOSE_TRY_AGAIN)
+            await ws.close(code=CLOSE_TRY_AGAIN, message=b"try again later")
+            return ws
         async for message in ws:
             if message.type is WSMsgType.PONG:
                 state.last_pong_at = time.monotonic()
