@@ -19,6 +19,7 @@ setup(
         "psycopg2-binary>=2.9",
         "prometheus-client>=0.20",
         "orjson>=3.9",
+        "uvloop>=0.19; sys_platform != 'win32'",  # serve/worker/dev run on it when installed
     ],
     extras_require={
         "test": [

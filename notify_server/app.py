@@ -9,7 +9,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 import redis.exceptions
@@ -17,6 +17,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from notify_server import api, appkeys, delivery
+from notify_server.batching import BatchLoader
 from notify_server.connections import NotificationWebSocketManager
 from notify_server.constants import CLOSE_GOING_AWAY
 from notify_server.db import close_pool, create_pool
@@ -89,9 +90,16 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
     repository = NotificationRepository(app[appkeys.DB_POOL])
     presence = Presence(app[appkeys.REDIS], settings.presence.ttl_s)
 
+    async def add_present(user_ids: Sequence[str]) -> dict[str, None]:
+        await presence.add(node_id, user_ids)
+        return {}
+
+    # Users arriving in the same loop turn (a reconnect storm) are recorded with one pipeline.
+    present_batch: BatchLoader[str, None] = BatchLoader(add_present, default=None)
+
     async def became_present(user_id: str) -> None:
         try:
-            await presence.add(node_id, [user_id])
+            await present_batch.load(user_id)
         except _REDIS_ERRORS as exc:  # the refresher writes it again once Redis is back
             logger.warning("presence not recorded (%s)", type(exc).__name__)
 

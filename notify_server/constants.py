@@ -13,7 +13,6 @@ JOB_PROCESS_EVENT = "process_event"
 # Redis keys. Everything this service writes lives under "notify:".
 REDIS_PREFIX = "notify:"
 PRESENCE_USER_PREFIX = REDIS_PREFIX + "presence:user:"  # + user_id -> hash {node_id: expires_at}
-PRESENCE_NODE_PREFIX = REDIS_PREFIX + "presence:node:"  # + node_id -> set of user ids (expiring)
 PUSH_STREAM_PREFIX = REDIS_PREFIX + "push:"  # + node_id -> stream of push jobs
 SESSION_REVOKED_CHANNEL = REDIS_PREFIX + "sessions:revoked"  # pub/sub: token hashes
 

@@ -11,6 +11,8 @@ from typing import Any
 import aiopg
 import orjson
 
+from notify_server.batching import BatchLoader
+
 _COLUMNS = (
     "seq, notification_id, recipient_id, recipient_email, event_id, event_type, title, body,"
     " priority, action_url, metadata, created_at, read_at"
@@ -100,6 +102,8 @@ def _uuid_or_none(value: str) -> str | None:
 class NotificationRepository:
     def __init__(self, pool: aiopg.Pool) -> None:
         self._pool = pool
+        # Concurrent reads of unread state (sockets connecting at once) share one query.
+        self._unread: BatchLoader[str, UnreadState] = BatchLoader(self.unread_states, default=UnreadState(0, 0))
 
     async def insert_many(self, new: NewNotifications) -> list[Notification]:
         """Store one row per recipient (see store_event); returns only the rows this call inserted."""
@@ -188,10 +192,7 @@ class NotificationRepository:
         return (await self.unread_state(user_id)).count
 
     async def unread_state(self, user_id: str) -> UnreadState:
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute("SELECT unread, version FROM unread_counters WHERE user_id = %s", (user_id,))
-            row = await cur.fetchone()
-        return UnreadState(int(row[0]), int(row[1])) if row else UnreadState(0, 0)
+        return await self._unread.load(user_id)
 
     async def unread_states(self, user_ids: Sequence[str]) -> dict[str, UnreadState]:
         """Unread state of several users in one query (users with none are 0, version 0)."""

@@ -7,7 +7,11 @@ import datetime as dt
 import hashlib
 import secrets
 
+from collections.abc import Sequence
+
 import aiopg
+
+from notify_server.batching import BatchLoader
 
 TOKEN_BYTES = 32
 MAX_TOKEN_CHARS = 512  # longer inputs are not tokens; refuse them before hashing
@@ -37,6 +41,8 @@ class SessionStore:
 
     def __init__(self, pool: aiopg.Pool) -> None:
         self._pool = pool
+        # Concurrent validations (a reconnect storm) share one query per event-loop turn.
+        self._by_hash: BatchLoader[str, Session | None] = BatchLoader(self.sessions_by_hash, default=None)
 
     async def create(self, user_id: str, ttl_s: int) -> NewSession:
         token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -56,16 +62,18 @@ class SessionStore:
         return await self.validate_hash(hash_token(token))
 
     async def validate_hash(self, token_hash: str) -> Session | None:
+        return await self._by_hash.load(token_hash)
+
+    async def sessions_by_hash(self, token_hashes: Sequence[str]) -> dict[str, Session]:
+        """The live sessions among these hashes (one query)."""
         async with self._pool.acquire() as conn, conn.cursor() as cur:
             await cur.execute(
-                "SELECT user_id, expires_at FROM sessions"
-                " WHERE token_hash = %s AND revoked_at IS NULL AND expires_at > now()",
-                (token_hash,),
+                "SELECT token_hash, user_id, expires_at FROM sessions"
+                " WHERE token_hash = ANY(%s) AND revoked_at IS NULL AND expires_at > now()",
+                (list(token_hashes),),
             )
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        return Session(token_hash=token_hash, user_id=row[0], expires_at=row[1])
+            rows = await cur.fetchall()
+        return {row[0]: Session(token_hash=row[0], user_id=row[1], expires_at=row[2]) for row in rows}
 
     async def live_hashes(self, token_hashes: list[str]) -> dict[str, dt.datetime]:
         """Of these hashes, the ones still valid, with their expiry (one query for a whole node)."""
