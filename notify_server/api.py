@@ -48,8 +48,11 @@ _STATUS_CODES = {
 }
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 @web.middleware
-async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error under /api/ and /dev/ is `{"error": {"code", "message"}}`; no 5xx page escapes."""
     if not request.path.startswith(("/api/", "/dev/")):
         return await handler(request)

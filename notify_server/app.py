@@ -8,8 +8,8 @@ import logging
 import os
 import secrets
 import socket
-from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis.exceptions

@@ -308,7 +308,7 @@ class NotificationWebSocketManager:
         # the transport when its close is cancelled by this timeout.
         try:
             await asyncio.wait_for(ws.close(code=code, message=message), self._close_timeout_s)
-        except (Exception, asyncio.TimeoutError) as exc:
+        except (TimeoutError, Exception) as exc:
             logger.debug("close failed: %s", type(exc).__name__)
 
     async def close_all(self, code: int, message: bytes = b"") -> None:

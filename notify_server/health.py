@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiopg
 import psycopg2
 import redis.exceptions
@@ -17,7 +15,7 @@ async def check_postgres(url: str) -> str | None:
         async with aiopg.connect(url, timeout=CHECK_TIMEOUT_S) as conn, conn.cursor() as cur:
             await cur.execute("SELECT to_regclass('notifications') IS NOT NULL")
             (migrated,) = await cur.fetchone()
-    except (psycopg2.Error, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, psycopg2.Error, OSError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"cannot reach Postgres: {detail}"
     if not migrated:

@@ -20,7 +20,7 @@ logger = logging.getLogger("notify.heartbeat")
 async def _ping(ws: WebSocketLike, timeout_s: float) -> None:
     try:
         await asyncio.wait_for(ws.ping(), timeout_s)  # type: ignore[attr-defined]
-    except (Exception, asyncio.TimeoutError):
+    except (TimeoutError, Exception):
         pass  # unanswered is unanswered: the sweep drops it
 
 

@@ -32,7 +32,9 @@ class ServerMetrics:
             ["surface"], registry=self.registry,
         )
         self.frames_pushed = Counter("notify_frames_pushed", "Frames written to sockets", registry=self.registry)
-        self.push_jobs = Counter("notify_push_jobs", "Push jobs consumed from this node's stream", registry=self.registry)
+        self.push_jobs = Counter(
+            "notify_push_jobs", "Push jobs consumed from this node's stream", registry=self.registry
+        )
         self.push_latency = Histogram(
             "notify_push_latency_seconds", "Push job enqueued by a worker -> frames queued on this node",
             buckets=LATENCY_BUCKETS_S, registry=self.registry,
@@ -54,7 +56,9 @@ class WorkerMetrics:
         self.notifications_stored = Counter(
             "notify_notifications_stored", "Notification rows inserted", registry=self.registry
         )
-        self.push_jobs = Counter("notify_push_jobs_enqueued", "Push jobs written to node streams", registry=self.registry)
+        self.push_jobs = Counter(
+            "notify_push_jobs_enqueued", "Push jobs written to node streams", registry=self.registry
+        )
         self.job_duration = Histogram(
             "notify_event_job_duration_seconds", "process_event duration", buckets=LATENCY_BUCKETS_S,
             registry=self.registry,

@@ -185,7 +185,8 @@ class NotificationRepository:
         results = []
         for new in events:
             rows = by_event.get(new.event_id, [])
-            results.append(StoredEvent(notifications=rows, unread={n.recipient_id: unread[n.recipient_id] for n in rows}))
+            states = {n.recipient_id: unread[n.recipient_id] for n in rows}
+            results.append(StoredEvent(notifications=rows, unread=states))
         return results
 
     async def count_unread(self, user_id: str) -> int:

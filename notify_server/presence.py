@@ -57,7 +57,7 @@ class Presence:
                 for user_id in chunk:
                     pipe.hgetall(_user_key(user_id))
                 results = await pipe.execute()
-            for user_id, fields in zip(chunk, results):
+            for user_id, fields in zip(chunk, results, strict=True):
                 for node, expires_at in fields.items():
                     if float(expires_at) > now:
                         by_node.setdefault(node.decode(), []).append(user_id)

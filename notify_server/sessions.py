@@ -6,7 +6,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import secrets
-
 from collections.abc import Sequence
 
 import aiopg

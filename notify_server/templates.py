@@ -118,7 +118,9 @@ class Template:
             action_url=TextTemplate.compile("action_url", action_url) if action_url else None,
         )
 
-    def render(self, data: Mapping[str, Any], *, priority: str | None = None, action_url: str | None = None) -> Rendered:
+    def render(
+        self, data: Mapping[str, Any], *, priority: str | None = None, action_url: str | None = None
+    ) -> Rendered:
         """Fill the template; the event's own priority and action_url override the template's."""
         if action_url is None and self.action_url is not None:
             action_url = self.action_url.render(data)

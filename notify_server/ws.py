@@ -8,9 +8,9 @@ import time
 from aiohttp import WSMsgType, web
 
 from notify_server import appkeys
+from notify_server.constants import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
 from notify_server.frames import RESYNC_FRAME, notification_frame, unread_count_frame
 from notify_server.notifications import NotificationRepository, UnknownCursor
-from notify_server.constants import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
 from notify_server.origins import origin_allowed
 from notify_server.stores import STORE_ERRORS
 

@@ -188,7 +188,7 @@ class EventConsumer:
             results = await asyncio.wait_for(
                 process_events(self.ctx, [job.args[0] for job in runnable]), self.job_timeout_s
             ) if runnable else []
-        except (*TRANSIENT_ERRORS, asyncio.TimeoutError) as exc:
+        except (TimeoutError, *TRANSIENT_ERRORS) as exc:
             await self._retry(runnable, exc)
             await self._finish([job for job in claimed if job.failure is not None], [], started_ms)
             return len(claimed)

@@ -93,7 +93,9 @@ async def process_events(ctx: dict[str, Any], events: Sequence[Any]) -> list[dic
                 results[index] = stored
                 continue
             stored_all.append(stored)
-            results[index] = {"status": "stored", "recipients": len(new.recipients), "stored": len(stored.notifications)}
+            results[index] = {
+                "status": "stored", "recipients": len(new.recipients), "stored": len(stored.notifications),
+            }
             metrics.notifications_stored.inc(len(stored.notifications))
     metrics.push_jobs.inc(await push_stored(ctx, stored_all))
 

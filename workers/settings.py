@@ -13,8 +13,8 @@ from notify_server.db import close_pool, create_pool
 from notify_server.metrics import WorkerMetrics
 from notify_server.notifications import NotificationRepository
 from notify_server.presence import Presence
-from notify_server.push import StreamPushTransport
 from notify_server.producer import DEFAULT_QUEUE, deserialize_job, serialize_job
+from notify_server.push import StreamPushTransport
 from notify_server.settings import Settings, load_settings
 from workers import context
 from workers.consumer import EventConsumer
