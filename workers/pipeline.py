@@ -15,7 +15,7 @@ import psycopg2.errors
 import redis.exceptions
 
 from notify_server.events import EventRejected, event_id_for_log, parse_event
-from notify_server.frames import notification_frame
+from notify_server.frames import notification_frames
 from notify_server.metrics import WorkerMetrics
 from notify_server.notifications import NewNotifications, NotificationRepository, StoredEvent
 from notify_server.presence import Presence
@@ -142,13 +142,14 @@ async def push_stored(ctx: dict[str, Any], stored: Sequence[StoredEvent]) -> int
     if not nodes:
         return 0
     online = {user_id for users in nodes.values() for user_id in users}
+    frames = notification_frames([n for n in notifications if n.recipient_id in online])
     items = []
     for event in stored:
         for n in event.notifications:
             if n.recipient_id in online:
                 unread = event.unread.get(n.recipient_id)
                 items.append(PushItem(
-                    n.recipient_id, notification_frame(n), n.notification_id,
+                    n.recipient_id, frames[n.notification_id], n.notification_id,
                     unread.count if unread else None, unread.version if unread else None,
                 ))
     by_node = group_by_node(nodes, items)
