@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 
@@ -117,3 +118,34 @@ def test_redacting_filter_rewrites_records_from_any_logger() -> None:
     entry = orjson.loads(line)  # one JSON object per line
     assert entry["level"] == "WARNING" and entry["logger"] == "aiohttp.access.test"
     assert "SECRETTOKEN" not in line
+
+
+async def test_worker_serves_its_metrics_on_its_own_port(settings: Settings, redis_client) -> None:
+    import aiohttp
+
+    from tests.processes import free_port
+    from workers.settings import build_worker
+
+    port = free_port()
+    worker = build_worker(settings, poll_delay=0.01, handle_signals=False, metrics_port=port)
+    running = asyncio.get_running_loop().create_task(worker.main())
+    try:
+        await enqueue_event(redis_client, {
+            "event_id": "served-1", "event_type": "CLAIM_REJECTED", "recipients": [{"user_id": "u1"}],
+            "data": {"provider_name": "P", "claim_id": "1"},
+        })
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                        found = samples(await response.text())
+                    if found.get("notify_events_processed_total") == 1:
+                        break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.02)
+        assert found["notify_events_processed_total"] == 1
+    finally:
+        worker.stop()
+        await running
+        await worker.close()
