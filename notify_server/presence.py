@@ -21,6 +21,12 @@ logger = logging.getLogger("notify.presence")
 
 _LOOKUP_CHUNK = 1000
 
+# Delete a lapsed field only if it still holds the lapsed expiry (its node may have just refreshed it).
+_DELETE_IF_UNCHANGED = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 
 def _user_key(user_id: str) -> str:
     return PRESENCE_USER_PREFIX + user_id
@@ -30,6 +36,7 @@ class Presence:
     def __init__(self, redis: Redis, ttl_s: int) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
+        self._delete_if_unchanged = redis.register_script(_DELETE_IF_UNCHANGED)
 
     async def add(self, node_id: str, user_ids: Iterable[str]) -> None:
         """Record (or refresh) that this node holds these users."""
@@ -48,9 +55,11 @@ class Presence:
             await pipe.execute()
 
     async def nodes_for_users(self, user_ids: Sequence[str]) -> dict[str, list[str]]:
-        """{node_id: [user ids it holds]} for the users that are online anywhere."""
+        """{node_id: [user ids it holds]} for the users that are online anywhere. Fields of nodes whose
+        presence has lapsed (killed without a goodbye) are removed on the way."""
         now = time.time()
         by_node: dict[str, list[str]] = {}
+        lapsed: list[tuple[str, bytes, bytes]] = []
         for start in range(0, len(user_ids), _LOOKUP_CHUNK):
             chunk = user_ids[start : start + _LOOKUP_CHUNK]
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -61,4 +70,11 @@ class Presence:
                 for node, expires_at in fields.items():
                     if float(expires_at) > now:
                         by_node.setdefault(node.decode(), []).append(user_id)
+                    else:
+                        lapsed.append((user_id, node, expires_at))
+        if lapsed:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id, node, expires_at in lapsed:
+                    await self._delete_if_unchanged(keys=[_user_key(user_id)], args=[node, expires_at], client=pipe)
+                await pipe.execute()
         return by_node

@@ -376,3 +376,14 @@ async def test_presence_refresher_rebuilds_presence_lost_in_redis(
 
     await wait_until_async(rebuilt, timeout_s=2.0, what="presence to be rewritten")
     await ws.close()
+
+
+async def test_lookup_removes_fields_of_nodes_whose_presence_lapsed(redis_client) -> None:
+    from notify_server.presence import Presence
+
+    presence = Presence(redis_client, ttl_s=30)
+    await presence.add("alive-node", ["carol"])
+    await redis_client.hset("notify:presence:user:carol", "dead-node", 1)  # lapsed long ago
+
+    assert await presence.nodes_for_users(["carol"]) == {"alive-node": ["carol"]}
+    assert await redis_client.hkeys("notify:presence:user:carol") == [b"alive-node"]
