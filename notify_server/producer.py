@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from notify_server.constants import JOB_PROCESS_EVENT
 
 DEFAULT_QUEUE = "notify:events"
+WAKE_SUFFIX = ":wake"
 
 
 def serialize_job(job: dict[str, Any]) -> bytes:
@@ -48,4 +49,20 @@ async def enqueue_event(redis: Redis, event: Mapping[str, Any], *, queue_name: s
     event_id = event.get("event_id") if isinstance(event, Mapping) else None
     if not isinstance(event_id, str) or not event_id:
         raise ValueError("event_id: a non-empty string is required (it is the idempotency key)")
-    return await arq_pool(redis).enqueue_job(JOB_PROCESS_EVENT, dict(event), _job_id=event_id, _queue_name=queue_name)
+    job = await arq_pool(redis).enqueue_job(JOB_PROCESS_EVENT, dict(event), _job_id=event_id, _queue_name=queue_name)
+    if job is not None:
+        await wake_workers(redis, queue_name)
+    return job
+
+
+def wake_key(queue_name: str) -> str:
+    """A list a waiting worker blocks on (BLPOP), so it takes a new event at once instead of at its
+    next poll; producers that skip it are still served within `worker.poll_delay_s`."""
+    return queue_name + WAKE_SUFFIX
+
+
+async def wake_workers(redis: Redis, queue_name: str = DEFAULT_QUEUE) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.lpush(wake_key(queue_name), b"1")
+        pipe.ltrim(wake_key(queue_name), 0, 0)  # one token is enough: a woken worker drains the queue
+        await pipe.execute()

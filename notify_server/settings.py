@@ -108,7 +108,7 @@ class RecoverySettings:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerSettingsConfig:
-    poll_delay_s: float = 0.05
+    poll_delay_s: float = 0.25
     batch_max: int = 200
     max_jobs: int = 50
     job_timeout_s: float = 60.0

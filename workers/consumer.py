@@ -29,7 +29,7 @@ from arq.jobs import serialize_result
 
 from notify_server.constants import JOB_PROCESS_EVENT
 from notify_server.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, render
-from notify_server.producer import deserialize_job, serialize_job
+from notify_server.producer import deserialize_job, serialize_job, wake_key
 from notify_server.settings import Settings
 from workers import context
 from workers.jobs import retry_delay_s
@@ -73,6 +73,7 @@ class EventConsumer:
         settings.require_services()
         self.settings = settings
         self.queue_name = settings.queues.events
+        self._wake_key = wake_key(self.queue_name)
         self.burst = burst
         self.poll_delay_s = settings.worker.poll_delay_s if poll_delay is None else poll_delay
         self.batch_max = batch_max or settings.worker.batch_max
@@ -134,7 +135,22 @@ class EventConsumer:
                 continue
             if self.burst and await self._redis.zcard(self.queue_name) == 0:
                 break
-            await self._sleep(max(self.poll_delay_s, 0.005))
+            await self._wait_for_work(max(self.poll_delay_s, 0.005))
+
+    async def _wait_for_work(self, seconds: float) -> None:
+        """Until a producer's wake-up (BLPOP on the wake list), `seconds` pass, or stop() is called."""
+        assert self._redis is not None  # noqa: S101
+        wake = asyncio.ensure_future(self._redis.blpop([self._wake_key], timeout=seconds))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({wake, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (wake, stop):
+                if not waiter.done():
+                    waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *TRANSIENT_ERRORS):
+                await wake
+            await asyncio.gather(stop, return_exceptions=True)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
