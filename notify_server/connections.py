@@ -54,6 +54,7 @@ class ConnectionState:
     last_pong_at: float = 0.0
     expiry_timer: asyncio.TimerHandle | None = None
     closing: bool = False  # a close was started: nothing more is queued for it
+    close_code: int | None = None  # the code this node closed it with (the metric's label)
     transport: Any = None  # the socket's asyncio transport, to abort a stale one
     unread_version: int = -1  # newest unread-count version queued for this socket
     # Notifications a catch-up replayed: a push of one of them can still be on its way (committed
@@ -299,6 +300,7 @@ class NotificationWebSocketManager:
             if state.closing:
                 return
             state.closing = True
+            state.close_code = code
         task = asyncio.get_running_loop().create_task(self._close(ws, code, message))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -315,6 +317,7 @@ class NotificationWebSocketManager:
         """Close every socket (drain / shutdown) and wait for the closes to be sent."""
         for state in self.states.values():
             state.closing = True
+            state.close_code = code
         await asyncio.gather(*(self._close(ws, code, message) for ws in self.all_sockets()))
 
     async def wait_closing(self) -> None:

@@ -114,6 +114,6 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
                 break
             # Text and binary frames from clients carry nothing we need: read (size-limited) and ignored.
     finally:
-        metrics.disconnects.labels(str(ws.close_code or 1006)).inc()
+        metrics.disconnects.labels(str(state.close_code or ws.close_code or 1006)).inc()
         await manager.remove_connection(session.user_id, ws)
     return ws
