@@ -14,6 +14,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from notify_server import appkeys
 from notify_server.metrics import CONTENT_TYPE_LATEST, render
 from notify_server.notifications import UnknownCursor, UnreadState
+from notify_server.origins import origin_allowed
 from notify_server.routing import push_unread_counts
 from notify_server.schemas import NotificationItemSchema, first_error
 from notify_server.sessions import Session
@@ -72,16 +73,25 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return json_error(500, "internal_error", "internal error")
 
 
-def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
+_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+def request_token(request: web.Request) -> tuple[str | None, bool]:
+    """(token, whether it came from the cookie): `Authorization: Bearer` first, then `session_id`."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get(SESSION_COOKIE) or None
+        return value.strip(), False
+    return request.cookies.get(SESSION_COOKIE) or None, True
 
 
 async def authenticate(request: web.Request) -> Session:
-    session = await request.app[appkeys.SESSIONS].validate(bearer_token(request))
+    token, from_cookie = request_token(request)
+    if from_cookie and request.method not in _SAFE_METHODS:
+        # Cross-site request forgery: a foreign page's POST carries the user's cookie too.
+        allowed = request.app[appkeys.SETTINGS].websocket.allowed_origins
+        if not origin_allowed(request.headers.get("Origin"), allowed):
+            raise web.HTTPForbidden(reason="origin not allowed for a cookie-authenticated change")
+    session = await request.app[appkeys.SESSIONS].validate(token)
     if session is None:
         request.app[appkeys.METRICS].auth_failures.labels("rest").inc()
         raise web.HTTPUnauthorized(reason="a valid session is required (cookie session_id or Bearer token)")

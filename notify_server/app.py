@@ -218,12 +218,13 @@ async def drain_sockets(app: web.Application) -> None:
 
 
 def run_node(settings: Settings) -> None:
-    """`notify-server serve`: run until SIGTERM or SIGINT."""
+    """`notify-server serve`: run until SIGTERM or SIGINT. The port is bound before anything starts,
+    so an unknown host or a port in use fails at once (OSError) with nothing opened."""
+    listening = socket.create_server((settings.server.host, settings.server.port), backlog=1024)
     app = create_app(settings)
     web.run_app(
         app,
-        host=settings.server.host,
-        port=settings.server.port,
+        sock=listening,
         shutdown_timeout=settings.server.shutdown_timeout_s,
         print=lambda message: logger.info("%s", message.strip()),
         access_log_format='%a "%r" %s %b %Tfs',

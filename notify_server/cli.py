@@ -122,7 +122,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from notify_server.app import run_node
 
     settings.require_services()
-    run_node(settings)
+    try:
+        run_node(settings)
+    except OSError as exc:  # bind: unknown host, address in use, no permission
+        where = f"{settings.server.host}:{settings.server.port}"
+        raise CommandError(f"cannot listen on {where} (server.host/server.port): {exc.strerror or exc}") from None
     return 0
 
 

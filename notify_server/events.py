@@ -37,7 +37,8 @@ def parse_event(raw: Any, templates: Mapping[str, Template]) -> NewNotifications
     if template is None:
         raise EventRejected(f"event_type: no template for {event['event_type']!r}")
     try:
-        rendered = template.render(event["data"], priority=event["priority"], action_url=event["action_url"])
+        # An empty action_url is no override: the template's applies.
+        rendered = template.render(event["data"], priority=event["priority"], action_url=event["action_url"] or None)
     except (MissingVariable, UnusableValue) as exc:
         raise EventRejected(f"data: {exc}") from None
     recipients: dict[str, Recipient] = {}

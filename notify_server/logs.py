@@ -9,23 +9,28 @@ import time
 
 import orjson
 
-# `token=...` in a query string (aiohttp's access log prints the request line) and Bearer headers.
-_SECRET = re.compile(r"(token=|session_id=|Bearer\s+)[^&\s\"';]+", re.IGNORECASE)
+# Where a session token can stand in a log line: the query string (`token=…`, up to the next
+# parameter), a cookie (`session_id=…`, up to the next cookie) and an Authorization header.
+_SECRET = re.compile(
+    r"(token=)[^&\s]+|(session_id=)[^;\s]+|(Bearer\s+)[^\s\"']+",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
-    return _SECRET.sub(r"\1[redacted]", text)
+    return _SECRET.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "[redacted]", text)
 
 
-class RedactingFilter(logging.Filter):
-    """Rewrites every record's message with secrets removed, whatever logger it came from."""
+class RedactingFormatter(logging.Formatter):
+    """Redacts the whole formatted record, exception text included (aiohttp quotes a refused header
+    line in its traceback), whatever formatter it wraps."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self._inner.format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,13 +48,12 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter())
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handler.setFormatter(formatter)
+    handler.setFormatter(RedactingFormatter(formatter))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

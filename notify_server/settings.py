@@ -355,15 +355,21 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             target = (section, key)
         section, key = target
         field = SECTION_SCHEMAS[section]().fields[key]
-        found.setdefault(section, {})[key] = _env_value(value, field)
+        found.setdefault(section, {})[key] = _env_value(f"{section}.{key} ({name})", value, field)
     return found
 
 
-def _env_value(raw: str, field: fields.Field) -> Any:
+def _env_value(where: str, raw: str, field: fields.Field) -> Any:
     if isinstance(field, fields.List):
         raw = raw.strip()
         if raw.startswith("["):
-            return yaml.safe_load(raw)
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = None
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: not a valid list (write a,b or [a, b])")
+            return value
         return [part.strip() for part in raw.split(",") if part.strip()]
     return raw  # marshmallow coerces numbers and booleans from strings
 

@@ -748,8 +748,6 @@ async def test_the_token_never_reaches_the_log_of_a_serve_process(node: Node, se
 
 
 @pytest.mark.parametrize("token", ["'" + "S3CRET" * 4, "abc;S3CRETS3CRET"])
-@pytest.mark.xfail(strict=True, reason="BUG (minor): logs._SECRET stops at ' and ; so a token holding one of "
-                   "them is logged from that character on (`token='S3CRET…` is not redacted at all)")
 async def test_a_token_with_quotes_or_semicolons_is_redacted_whole(node: Node, token: str) -> None:
     log_start = len(node.process.output())
     async with aiohttp.ClientSession() as http:
@@ -953,22 +951,16 @@ def test_every_invalid_notify_value_stops_serve_with_one_line_naming_the_key(bas
     ("NOTIFY_HOST", "no-such-host.invalid", "server.host"),
     ("NOTIFY_HOST", "256.1.1.1", "server.host"),
 ])
-@pytest.mark.xfail(strict=True, reason="BUG: an unusable server.host passes validation, then web.run_app's "
-                   "bind fails with a socket.gaierror traceback instead of one line naming the key")
 def test_an_unusable_host_stops_serve_with_one_line_naming_it(
     base_env: dict[str, str], name: str, value: str, key: str
 ) -> None:
     assert _config_failures(base_env, [(name, value, key)]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: settings._env_value yaml.safe_load()s a list value starting with "
-                   "'[' and does not catch yaml.YAMLError: a malformed list is a traceback, not a config error")
 def test_a_malformed_list_value_stops_serve_with_one_line_naming_the_key(base_env: dict[str, str]) -> None:
     assert _config_failures(base_env, [("NOTIFY_WEBSOCKET_ALLOWED_ORIGINS", "[a, b", "websocket.allowed_origins")]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a port already in use is an expected failure, but serve prints "
-                   "an OSError traceback from web.run_app instead of one line")
 def test_a_port_already_in_use_stops_serve_with_one_line(base_env: dict[str, str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -1043,9 +1035,6 @@ async def test_oversized_headers_get_a_4xx_and_the_node_keeps_serving(quiet_node
     assert quiet_node.process.popen.poll() is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: logs.RedactingFilter redacts record.msg only; aiohttp logs an "
-                   "oversized header line at ERROR with a traceback whose LineTooLong message quotes the line's "
-                   "first 100 bytes (`session_id=<token>; …`), and exception text is never redacted")
 async def test_an_oversized_cookie_header_does_not_leak_the_session_token_into_the_log(
     quiet_node: Node, sessions: SessionStore
 ) -> None:
@@ -1057,10 +1046,6 @@ async def test_an_oversized_cookie_header_does_not_leak_the_session_token_into_t
     assert token not in quiet_node.process.output()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (CSRF): POST /api/notifications/read-all and /{id}/read accept the "
-                   "session cookie from any Origin (api.py checks no Origin); a foreign page can mark a user's "
-                   "notifications read with a no-cors POST. Refuse cookie-authenticated unsafe methods whose Origin "
-                   "is present and not in websocket.allowed_origins, as the WebSocket upgrade does")
 async def test_cookie_authenticated_mark_read_from_a_foreign_origin_is_refused(
     node: Node, sessions: SessionStore, redis_client: Redis
 ) -> None:

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from notify_server.app import create_app
-from notify_server.logs import JsonFormatter, RedactingFilter, redact
+from notify_server.logs import JsonFormatter, RedactingFormatter, redact
 from notify_server.producer import enqueue_event
 from notify_server.sessions import SessionStore
 from notify_server.settings import Settings
@@ -102,22 +102,26 @@ def test_tokens_are_redacted_from_access_log_lines_and_headers() -> None:
     assert "s3cr3t" not in redact("Cookie: session_id=s3cr3t; theme=dark")
 
 
-def test_redacting_filter_rewrites_records_from_any_logger() -> None:
+def test_redacting_formatter_rewrites_records_and_tracebacks_from_any_logger() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(RedactingFormatter(JsonFormatter()))
     logger = logging.getLogger("aiohttp.access.test")
     logger.addHandler(handler)
     logger.propagate = False
     try:
         logger.warning('%s "%s"', "127.0.0.1", "GET /ws/notifications?token=SECRETTOKEN HTTP/1.1")
+        try:
+            raise ValueError("Got more than 8190 bytes: b'Cookie: session_id=COOKIETOKEN; theme=dark'")
+        except ValueError:
+            logger.exception("Error handling request")
     finally:
         logger.removeHandler(handler)
-    line = stream.getvalue().strip()
-    entry = orjson.loads(line)  # one JSON object per line
+    first, second = stream.getvalue().strip().splitlines()
+    entry = orjson.loads(first)  # one JSON object per line
     assert entry["level"] == "WARNING" and entry["logger"] == "aiohttp.access.test"
-    assert "SECRETTOKEN" not in line
+    assert "SECRETTOKEN" not in first
+    assert "COOKIETOKEN" not in second and "theme=dark" in orjson.loads(second)["exc"]
 
 
 async def test_worker_serves_its_metrics_on_its_own_port(settings: Settings, redis_client) -> None:
