@@ -39,9 +39,9 @@ class Processes:
         self.started.append(process)
         return process
 
-    def start_module(self, name: str, module: str, env: dict[str, str]) -> Process:
-        """`python -m <module>` instead of `python -m notify_server …`."""
-        process = Process([], env, self.logs / f"{name}.log", module=module)
+    def start_module(self, name: str, module: str, env: dict[str, str], args: Sequence[str] = ()) -> Process:
+        """`python -m <module> [args]` instead of `python -m notify_server …`."""
+        process = Process(args, env, self.logs / f"{name}.log", module=module)
         self.started.append(process)
         return process
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The load benchmark of docs/benchmarks.md, from a fresh clone: virtualenv, install (.[test,embedded] and
+# the benchmark's own packages), Postgres and Redis, then notify-server against python-socketio under
+# the same load (3 runs, ~25 minutes on 2 cores), then the table and the plot.
+#
+#   scripts/bench.sh                      # everything: memory at 10,000 sockets, ladder, flood, fan-out, scale
+#   RUNS=1 scripts/bench.sh --quick       # a smoke test (~3 minutes); other arguments go to bench.load
+#
+# Results: bench/results/latest.json (raw), bench/results/latest.md (table), docs/latency_vs_rate.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/bootstrap.sh
+# The `bench` extra: the reference peer and its wire format, the plot, the event loop of the load
+# client and producer, and the profiler used for the "where the time goes" sections.
+.venv/bin/python -m pip install --quiet "python-socketio>=5.11,<6" "matplotlib>=3.8" "uvloop>=0.19" "py-spy>=0.3.14"
+scripts/test-services.sh  # the machine's Postgres and Redis (bench/stack.py falls back to embedded ones)
+
+# 10,000 sockets need ~10,000 descriptors in the server and ~5,000 in each client process.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 12000 ]; then
+  echo "warning: open-file limit $(ulimit -n); the 10,000-connection memory scenario needs ~12,000" >&2
+fi
+
+mkdir -p bench/results
+.venv/bin/python -m bench.load --runs "${RUNS:-3}" --out bench/results/latest.json "$@"
+.venv/bin/python -m bench.report bench/results/latest.json --plot docs/latency_vs_rate.png | tee bench/results/latest.md
