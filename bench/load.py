@@ -357,7 +357,7 @@ def start_profilers(stack: Stack, directory: str, label: str,
     producers) for this step."""
     out = []
     Path(directory).mkdir(parents=True, exist_ok=True)
-    py_spy = REPO / ".venv" / "bin" / "py-spy"
+    py_spy = Path(sys.executable).parent / "py-spy"
     for role, pids in (("server", stack.server_pids), ("worker", stack.worker_pids), *(others or {}).items()):
         for pid in pids:
             path = Path(directory) / f"{stack.protocol}-{label}-{role}-{pid}.txt"
