@@ -288,3 +288,30 @@ async def test_mark_all_read_keeps_earlier_read_at(repository: NotificationRepos
     items = {n.notification_id: n for n in (await repository.list_for_user("u1", limit=10)).items}
     assert items[ids[0]].read_at == first.read_at
     assert items[ids[1]].read_at is not None
+
+
+async def test_the_same_event_stored_twice_at_once_counts_each_row_once(
+    repository: NotificationRepository, db_pool: Any
+) -> None:
+    import asyncio
+
+    users = [f"u{i}" for i in range(50)]
+    first, second = await asyncio.gather(
+        repository.store_event(new_event("racing", *users)), repository.store_event(new_event("racing", *users))
+    )
+
+    assert len(first.notifications) + len(second.notifications) == len(users)
+    assert await row_count(db_pool) == len(users)
+    states = await repository.unread_states(users)
+    assert {state.count for state in states.values()} == {1}
+
+
+async def test_unread_versions_grow_with_every_change(repository: NotificationRepository) -> None:
+    stored = await repository.store_event(new_event("v1", "u1"))
+    after_insert = stored.unread["u1"]
+    read = await repository.read_one("u1", stored.notifications[0].notification_id)
+    assert read is not None and read.unread is not None
+    assert (after_insert.count, read.unread.count) == (1, 0)
+    assert read.unread.version > after_insert.version
+    again = await repository.read_one("u1", stored.notifications[0].notification_id)
+    assert again is not None and again.unread is None  # nothing changed, no new version
