@@ -2,9 +2,9 @@
 
 `notify:presence:user:<user_id>` is a hash {node_id: expires_at (unix s)}. A node writes its field when
 it gets a user's first socket, deletes it when the last one goes, and rewrites all of its fields every
-`presence.refresh_interval_s` (which also rebuilds presence after a Redis restart). Readers ignore fields
-whose time has passed, so a node killed without a goodbye drops out after `presence.ttl_s`; the key
-itself expires `ttl_s` after its last refresh.
+`presence.refresh_interval_s` (which also rebuilds presence after a Redis restart). Readers ignore (and
+delete) fields whose time has passed, so a node killed without a goodbye drops out after
+`presence.ttl_s`; the key itself expires `ttl_s` after its last refresh.
 """
 
 from __future__ import annotations
@@ -21,10 +21,25 @@ logger = logging.getLogger("notify.presence")
 
 _LOOKUP_CHUNK = 1000
 
-# Delete a lapsed field only if it still holds the lapsed expiry (its node may have just refreshed it).
-_DELETE_IF_UNCHANGED = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
+# Which of these users (KEYS) are held by a live node: a flat list of (1-based key index, node id)
+# pairs. Fields whose node's presence has lapsed (killed without a goodbye) are deleted on the way; the
+# script runs atomically, so a field its node has just refreshed is never taken for lapsed. One call
+# answers a thousand users: for a 10,000-recipient fan-out that is 10 replies to parse, not 10,000.
+_ONLINE = """
+local now = tonumber(ARGV[1])
+local found = {}
+for i, key in ipairs(KEYS) do
+  local fields = redis.call('HGETALL', key)
+  for j = 1, #fields, 2 do
+    if tonumber(fields[j + 1]) > now then
+      found[#found + 1] = i
+      found[#found + 1] = fields[j]
+    else
+      redis.call('HDEL', key, fields[j])
+    end
+  end
+end
+return found
 """
 
 
@@ -36,7 +51,7 @@ class Presence:
     def __init__(self, redis: Redis, ttl_s: int) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
-        self._delete_if_unchanged = redis.register_script(_DELETE_IF_UNCHANGED)
+        self._online = redis.register_script(_ONLINE)
 
     async def add(self, node_id: str, user_ids: Iterable[str]) -> None:
         """Record (or refresh) that this node holds these users."""
@@ -55,26 +70,12 @@ class Presence:
             await pipe.execute()
 
     async def nodes_for_users(self, user_ids: Sequence[str]) -> dict[str, list[str]]:
-        """{node_id: [user ids it holds]} for the users that are online anywhere. Fields of nodes whose
-        presence has lapsed (killed without a goodbye) are removed on the way."""
+        """{node_id: [user ids it holds]} for the users that are online anywhere."""
         now = time.time()
         by_node: dict[str, list[str]] = {}
-        lapsed: list[tuple[str, bytes, bytes]] = []
         for start in range(0, len(user_ids), _LOOKUP_CHUNK):
             chunk = user_ids[start : start + _LOOKUP_CHUNK]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id in chunk:
-                    pipe.hgetall(_user_key(user_id))
-                results = await pipe.execute()
-            for user_id, fields in zip(chunk, results, strict=True):
-                for node, expires_at in fields.items():
-                    if float(expires_at) > now:
-                        by_node.setdefault(node.decode(), []).append(user_id)
-                    else:
-                        lapsed.append((user_id, node, expires_at))
-        if lapsed:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id, node, expires_at in lapsed:
-                    await self._delete_if_unchanged(keys=[_user_key(user_id)], args=[node, expires_at], client=pipe)
-                await pipe.execute()
+            found = await self._online(keys=[_user_key(u) for u in chunk], args=[now])
+            for i in range(0, len(found), 2):
+                by_node.setdefault(found[i + 1].decode(), []).append(chunk[int(found[i]) - 1])
         return by_node
