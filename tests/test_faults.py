@@ -343,7 +343,10 @@ async def test_redis_restart_during_delivery_nodes_and_workers_reconnect_and_pre
             # Every probe is delivered, once, and the socket itself never dropped.
             got = {received["action_url"]}
             while len(got) < len(sent):
-                got.add((await next_notification(ws, 5))["action_url"])
+                try:
+                    got.add((await next_notification(ws, 5))["action_url"])
+                except TimeoutError:
+                    raise AssertionError(f"probes sent {sent}, delivered {sorted(got)}") from None
             assert got == {f"/claims/{p}" for p in sent}
             assert not ws.closed
             await ws.close()
