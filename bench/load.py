@@ -299,6 +299,7 @@ class Session:
         result = analyse(d, seq0, count, users, self.conn_user, self.tabs_of, sent["started_at"],
                          fanout_users=set(users) if fanout else None)
         result.update(rate_offered=rate, events=count, producer_rate=sent["rate_achieved"],
+                      enqueue_call_ms=sent["enqueue_call_ms"],
                       producer_behind_max_s=sent["behind_max_s"], producer_errors=sent["errors"],
                       cpu_pct=cpu, wall_s=meter.wall_s, unexpected_closes=d.unexpected_closes,
                       others_before_pct=others_before)
@@ -328,15 +329,39 @@ class Session:
             for pid in self.stack.worker_pids:
                 os.kill(pid, signal.SIGCONT)
         expected = sum(self.tabs_of.get(users[user_for_seq(s, len(users))], 0) for s in range(seq0, seq0 + count))
+        waits_task = asyncio.create_task(self._sample_pg_waits())
         await wait_frames(self.clients, expected)
+        waits_task.cancel()
+        pg_waits = await waits_task
         cpu = meter.stop()
         for p in profilers:
             stop_profiler(p)
         d = await self.clients.collect()
         result = analyse(d, seq0, count, users, self.conn_user, self.tabs_of, resumed_at)
         result.update(events=count, producer_errors=sent["errors"], cpu_pct=cpu, wall_s=meter.wall_s,
-                      unexpected_closes=d.unexpected_closes, others_before_pct=others_before)
+                      unexpected_closes=d.unexpected_closes, others_before_pct=others_before, pg_waits=pg_waits)
         return result
+
+    async def _sample_pg_waits(self, every_s: float = 0.01) -> dict[str, Any]:
+        """What this database's active backends are doing, sampled until cancelled: {"samples": n,
+        "<wait_event_type>:<wait_event>" or "cpu": backend-samples}. Lock waits of the workers show
+        here (two batches updating the same unread counters)."""
+        counts: dict[str, int] = {}
+        samples = 0
+        try:
+            async with aiopg.connect(self.stack.database_url) as conn, conn.cursor() as cur:
+                while True:
+                    await cur.execute(
+                        "SELECT coalesce(wait_event_type || ':' || wait_event, 'cpu'), count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()"
+                        " GROUP BY 1")
+                    for key, n in await cur.fetchall():
+                        counts[key] = counts.get(key, 0) + int(n)
+                    samples += 1
+                    await asyncio.sleep(every_s)
+        except asyncio.CancelledError:
+            pass
+        return {"samples": samples, **dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
 
     async def _poll_stored(self, event_id: str, rows: int, cap_s: float = 60.0) -> float | None:
         """When all of a fan-out event's rows are visible (polled every 5 ms on its own connection)."""
@@ -501,7 +526,8 @@ async def scenario_scale(run: int, workers: int, nodes: int, args: argparse.Name
 
 def _print_drain(what: str, events: int, r: dict[str, Any]) -> None:
     print(f"  {what}: drain of {events} queued events -> delivered {r['delivered']}/{r['expected']} in "
-          f"{r['span_s']:.2f}s = {_num(r['events_per_s'])} events/s, cpu {_cpu(r['cpu_pct'])}", flush=True)
+          f"{r['span_s']:.2f}s = {_num(r['events_per_s'])} events/s, cpu {_cpu(r['cpu_pct'])}; postgres "
+          f"backend samples: {r.get('pg_waits')}", flush=True)
 
 
 def _check_logs(children: Processes, out: dict[str, Any]) -> None:

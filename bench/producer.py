@@ -106,9 +106,13 @@ async def _run(sender: _Sender, args: dict[str, Any]) -> dict[str, Any]:
     behind_max_s = 0.0
     tasks: set[asyncio.Task[None]] = set()
 
+    call_s: list[float] = []  # how long each enqueue call took (a slow producer path inflates latency)
+
     async def one(seq: int, recipients: Sequence[str]) -> None:
+        t = time.monotonic()
         try:
             await sender.send(seq, tag, recipients)
+            call_s.append(time.monotonic() - t)
         except Exception as exc:  # noqa: BLE001 — counted and reported
             key = f"{type(exc).__name__}: {exc}"[:100]
             errors[key] = errors.get(key, 0) + 1
@@ -134,9 +138,10 @@ async def _run(sender: _Sender, args: dict[str, Any]) -> dict[str, Any]:
     if tasks:
         await asyncio.gather(*list(tasks))
     elapsed = time.monotonic() - t0
+    call_s.sort()
     return {"sent": count - sum(errors.values()), "errors": errors, "started_at": started,
             "elapsed_s": elapsed, "rate_achieved": count / elapsed if elapsed else 0.0,
-            "behind_max_s": behind_max_s}
+            "behind_max_s": behind_max_s, "call_s": call_s}
 
 
 async def _producer_main(pipe: Any, protocol: str, redis_url: str, channel: str) -> None:
@@ -205,7 +210,13 @@ class ProducerPool:
             for key, n in a["errors"].items():
                 errors[key] = errors.get(key, 0) + n
         elapsed = max(a["elapsed_s"] for a in answers)
+        calls = sorted(x for a in answers for x in a["call_s"])
+
+        def pct(q: float) -> float | None:
+            return calls[min(len(calls) - 1, round(q / 100 * (len(calls) - 1)))] * 1000 if calls else None
+
         return {"sent": sum(a["sent"] for a in answers), "errors": errors, "elapsed_s": elapsed,
+                "enqueue_call_ms": {"p50": pct(50), "p99": pct(99), "max": pct(100)},
                 "started_at": min(a["started_at"] for a in answers),
                 "rate_achieved": count / elapsed if elapsed else 0.0,
                 "behind_max_s": max(a["behind_max_s"] for a in answers)}

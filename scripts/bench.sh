@@ -5,8 +5,10 @@
 #
 #   scripts/bench.sh                      # everything: memory at 10,000 sockets, ladder, flood, fan-out, scale
 #   RUNS=1 scripts/bench.sh --quick       # a smoke test (~3 minutes); other arguments go to bench.load
+#   OUT=/tmp/b PLOT=/tmp/b/plot.png scripts/bench.sh ...   # elsewhere than the committed results
 #
-# Results: bench/results/latest.json (raw), bench/results/latest.md (table), docs/latency_vs_rate.png.
+# Results: $OUT/latest.json (raw), $OUT/latest.md (table), $PLOT; by default bench/results/ and
+# docs/latency_vs_rate.png (the files docs/benchmarks.md quotes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,8 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 12000 ]; then
   echo "warning: open-file limit $(ulimit -n); the 10,000-connection memory scenario needs ~12,000" >&2
 fi
 
-mkdir -p bench/results
-.venv/bin/python -m bench.load --runs "${RUNS:-3}" --out bench/results/latest.json "$@"
-.venv/bin/python -m bench.report bench/results/latest.json --plot docs/latency_vs_rate.png | tee bench/results/latest.md
+OUT=${OUT:-bench/results}
+PLOT=${PLOT:-docs/latency_vs_rate.png}
+mkdir -p "$OUT"
+.venv/bin/python -m bench.load --runs "${RUNS:-3}" --out "$OUT/latest.json" "$@" | tee "$OUT/latest.log"
+.venv/bin/python -m bench.report "$OUT/latest.json" --plot "$PLOT" | tee "$OUT/latest.md"
