@@ -34,6 +34,7 @@ from notify_server.ws import notifications_ws
 logger = logging.getLogger("notify.app")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+LISTEN_BACKLOG = 8192
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -220,7 +221,8 @@ async def drain_sockets(app: web.Application) -> None:
 def run_node(settings: Settings) -> None:
     """`notify-server serve`: run until SIGTERM or SIGINT. The port is bound before anything starts,
     so an unknown host or a port in use fails at once (OSError) with nothing opened."""
-    listening = socket.create_server((settings.server.host, settings.server.port), backlog=1024)
+    # A deep backlog: a reconnect storm of thousands arrives at once (the kernel caps it at somaxconn).
+    listening = socket.create_server((settings.server.host, settings.server.port), backlog=LISTEN_BACKLOG)
     app = create_app(settings)
     web.run_app(
         app,

@@ -34,20 +34,30 @@ class BatchLoader(Generic[K, V]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[V] = loop.create_future()
         self._pending.setdefault(key, []).append(future)
-        if not self._scheduled:
+        if not self._scheduled and not self._running:
             self._scheduled = True
             loop.call_soon(self._dispatch)
         return await future
 
     def _dispatch(self) -> None:
+        """Send what is pending. While a batch is in flight, keys pile up for the next one: a storm
+        then costs one query per round trip, not one per loop turn."""
         self._scheduled = False
+        if not self._pending:
+            return
         pending, self._pending = self._pending, {}
         keys = list(pending)
         for start in range(0, len(keys), self._max_batch):
             chunk = {key: pending[key] for key in keys[start : start + self._max_batch]}
             task = asyncio.get_running_loop().create_task(self._resolve(chunk))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not self._running and self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
 
     async def _resolve(self, waiting: dict[K, list[asyncio.Future[V]]]) -> None:
         try:

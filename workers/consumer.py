@@ -39,6 +39,7 @@ logger = logging.getLogger("notify.worker")
 
 RETRY_KEY_TTL_S = 88400  # as arq
 KEEP_RESULT_S = 3600  # as arq: a duplicate event id is refused by enqueue for this long
+CLAIM_PAGES = 4  # pages of the queue looked at before concluding that other workers hold every due job
 
 
 def _now_ms() -> int:
@@ -191,10 +192,17 @@ class EventConsumer:
         redis = self._redis
         assert redis is not None  # main() opened it  # noqa: S101
         now = _now_ms()
-        ids = await redis.zrangebyscore(self.queue_name, min=float("-inf"), max=now, start=0, num=self.batch_max)
-        if not ids:
-            return 0
-        claimed = await self._claim([job_id.decode() for job_id in ids], now)
+        claimed: list[_Claimed] = []
+        # Another worker may hold the head of the queue: look further down instead of sleeping.
+        for page in range(CLAIM_PAGES):
+            ids = await redis.zrangebyscore(
+                self.queue_name, min=float("-inf"), max=now, start=page * self.batch_max, num=self.batch_max
+            )
+            if not ids:
+                break
+            claimed = await self._claim([job_id.decode() for job_id in ids], now)
+            if claimed:
+                break
         if not claimed:
             return 0
         await self._load(claimed)
