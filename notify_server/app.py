@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-import redis.exceptions
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -29,13 +28,13 @@ from notify_server.push import StreamPushTransport
 from notify_server.session_watch import SessionWatcher
 from notify_server.sessions import SessionStore
 from notify_server.settings import Settings
+from notify_server.stores import STORE_ERRORS
 from notify_server.ws import notifications_ws
 
 logger = logging.getLogger("notify.app")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 LISTEN_BACKLOG = 8192
-_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 def new_node_id() -> str:
@@ -101,13 +100,13 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
     async def became_present(user_id: str) -> None:
         try:
             await present_batch.load(user_id)
-        except _REDIS_ERRORS as exc:  # the refresher writes it again once Redis is back
+        except STORE_ERRORS as exc:  # the refresher writes it again once Redis is back
             logger.warning("presence not recorded (%s)", type(exc).__name__)
 
     async def became_absent(user_id: str) -> None:
         try:
             await presence.remove(node_id, [user_id])
-        except _REDIS_ERRORS as exc:  # it expires by itself
+        except STORE_ERRORS as exc:  # it expires by itself
             logger.warning("presence not cleared (%s)", type(exc).__name__)
 
     manager = NotificationWebSocketManager(
@@ -183,10 +182,10 @@ async def refresh_presence(app: web.Application) -> None:
             try:
                 await presence.add(node_id, manager.user_ids())
                 await transport.touch(node_id)
-            except _REDIS_ERRORS as exc:
+            except STORE_ERRORS as exc:
                 logger.warning("presence refresh failed (%s)", type(exc).__name__)
     finally:
-        with contextlib.suppress(*_REDIS_ERRORS):
+        with contextlib.suppress(*STORE_ERRORS):
             await presence.remove(node_id, manager.user_ids())
             await transport.delete(node_id)
 

@@ -16,7 +16,7 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -323,6 +323,3 @@ class NotificationWebSocketManager:
     async def wait_closing(self) -> None:
         if self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
-
-    def sockets_of(self, user_ids: Iterable[str]) -> list[WebSocketLike]:
-        return [ws for user_id in user_ids for ws in self.connections.get(user_id, ())]

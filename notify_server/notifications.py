@@ -237,9 +237,6 @@ class NotificationRepository:
             found = {row[0]: UnreadState(int(row[1]), int(row[2])) for row in await cur.fetchall()}
         return {user_id: found.get(user_id, UnreadState(0, 0)) for user_id in user_ids}
 
-    async def count_unread_many(self, user_ids: Sequence[str]) -> dict[str, int]:
-        return {user_id: state.count for user_id, state in (await self.unread_states(user_ids)).items()}
-
     async def _seq_of(self, cur: Any, user_id: str, notification_id: str) -> int:
         nid = _uuid_or_none(notification_id)
         if nid is None:

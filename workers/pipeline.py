@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg2
 import psycopg2.errors
-import redis.exceptions
 
 from notify_server.events import EventRejected, event_id_for_log, parse_event
 from notify_server.frames import notification_frames
@@ -22,20 +21,16 @@ from notify_server.presence import Presence
 from notify_server.push import PushItem
 from notify_server.routing import group_by_node
 from notify_server.settings import Settings
+from notify_server.stores import STORE_ERRORS
 from workers import context
 
 logger = logging.getLogger("notify.worker")
 
 # Failures that pass: the same events will go through once Postgres or Redis answers again.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    psycopg2.OperationalError,
-    psycopg2.InterfaceError,
+    *STORE_ERRORS,
     psycopg2.errors.DeadlockDetected,  # two batches racing on the same unread counters
     psycopg2.errors.SerializationFailure,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-    TimeoutError,
 )
 
 # One transaction stores at most this many rows (a 10,000-recipient event gets one of its own).
