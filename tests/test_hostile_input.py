@@ -560,8 +560,8 @@ async def test_adversarial_events_are_rejected_with_a_reason_or_stored_literally
         assert title == "Claim Rejected"
         assert body == f"Your claim for {_literal(data['provider_name'])} has been rejected."
         assert priority == (raw.get("priority") or "HIGH")
-        override = raw.get("action_url")
-        expected_url = override if override is not None else f"/claims/{_literal(data['claim_id'])}"
+        override = raw.get("action_url")  # an empty one is no override: the template's URL applies
+        expected_url = override if override else f"/claims/{_literal(data['claim_id'])}"
         assert action_url == expected_url
         assert metadata == raw.get("metadata", {})
 
