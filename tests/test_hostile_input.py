@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -204,7 +205,13 @@ def node(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFac
         NOTIFY_LOG_LEVEL="DEBUG", NOTIFY_SERVER_NODE_ID="hostile-node", NOTIFY_WORKER_POLL_DELAY_S="0.01",
         NOTIFY_SERVER_SHUTDOWN_TIMEOUT_S="2",
     )
-    logs = tmp_path_factory.mktemp("hostile")
+    with _running_node(env, tmp_path_factory.mktemp("hostile")) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _running_node(env: dict[str, str], logs: Path) -> Iterator[Node]:
+    """A `serve` node and a `worker` with this environment, up (readyz 200) until the block ends."""
     port = free_port()
     process = Process(["serve", "--port", str(port)], env, logs / "serve.log")
     worker = Process(["worker"], env, logs / "worker.log")
@@ -1006,15 +1013,8 @@ def test_a_bad_config_file_stops_serve_with_one_line_naming_the_key(
 def quiet_node(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Node]:
     """A node at the default log level (INFO), apart from the module's node, whose log this case dirties."""
     env = dict(cli_env, NOTIFY_SERVER_NODE_ID="header-node", NOTIFY_WORKER_POLL_DELAY_S="0.01")
-    port = free_port()
-    process = Process(["serve", "--port", str(port)], env, tmp_path / "serve.log")
-    worker = Process(["worker"], env, tmp_path / "worker.log")
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/readyz", process)
-        yield Node(process, port, worker)
-    finally:
-        process.stop()
-        worker.stop()
+    with _running_node(env, tmp_path) as started:
+        yield started
 
 
 def _oversized_cookie(token: str) -> str:
