@@ -7,18 +7,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.exceptions
+import psycopg2.errors
 from aiohttp import web
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from notify_server import appkeys
 from notify_server.metrics import CONTENT_TYPE_LATEST, render
+from notify_server.migrations import APPLIED_QUERY, missing_from
 from notify_server.notifications import UnknownCursor, UnreadState
 from notify_server.origins import origin_allowed
-from notify_server.routing import push_unread_counts
 from notify_server.schemas import NotificationItemSchema, first_error
 from notify_server.sessions import Session
-from notify_server.stores import STORE_ERRORS
+from notify_server.stores import describe, unavailable
 from notify_server.ws import SESSION_COOKIE
 
 logger = logging.getLogger("notify.api")
@@ -45,7 +45,7 @@ def json_error(status: int, code: str, message: str) -> web.Response:
 
 _STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 413: "payload_too_large", 500: "internal_error",
+    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type", 500: "internal_error",
 }
 
 
@@ -65,10 +65,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return json_error(exc.status, _STATUS_CODES.get(exc.status, "error"), exc.reason)
     except asyncio.CancelledError:
         raise
-    except STORE_ERRORS as exc:
-        logger.warning("%s %s: store unreachable (%s)", request.method, request.path, type(exc).__name__)
-        return json_error(503, "unavailable", "storage is unreachable; try again shortly")
-    except Exception:
+    except Exception as exc:
+        if unavailable(exc):
+            logger.warning("%s %s: store unreachable (%s)", request.method, request.path, describe(exc))
+            return json_error(503, "unavailable", "storage is unreachable; try again shortly")
         logger.exception("unhandled error in %s %s", request.method, request.path)
         return json_error(500, "internal_error", "internal error")
 
@@ -155,11 +155,12 @@ async def mark_all_read(request: web.Request) -> web.Response:
 async def _announce_unread(request: web.Request, user_id: str, unread: UnreadState) -> None:
     """Every tab of the user, on every node, gets the new count. The change is stored whatever happens
     here, so a Redis fault costs only the live update."""
-    app = request.app
     try:
-        await push_unread_counts(app[appkeys.PRESENCE], app[appkeys.PUSH], {user_id: unread})
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        logger.warning("unread count not pushed (%s)", type(exc).__name__)
+        await request.app[appkeys.ROUTER].push_unread_counts({user_id: unread})
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        logger.warning("unread count not pushed (%s)", describe(exc))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -167,19 +168,32 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """200 when Postgres (migrated) and Redis answer and every background loop is up; else 503 naming
+    what is not."""
     app = request.app
     checks: dict[str, Any] = {}
 
-    async def postgres() -> None:
-        async with app[appkeys.DB_POOL].acquire() as conn, conn.cursor() as cur:
-            await cur.execute("SELECT 1")
+    async def postgres() -> str:
+        async with app[appkeys.DB].connection() as conn, conn.cursor() as cur:
+            try:
+                await cur.execute(APPLIED_QUERY)
+                applied = [row[0] for row in await cur.fetchall()]
+            except psycopg2.errors.UndefinedTable:
+                applied = []
+        missing = missing_from(applied)
+        return f"not migrated (missing {', '.join(missing)})" if missing else "ok"
 
-    for name, check in (("postgres", postgres), ("redis", app[appkeys.REDIS].ping)):
+    async def redis() -> str:
+        await app[appkeys.REDIS].ping()
+        return "ok"
+
+    for name, check in (("postgres", postgres), ("redis", redis)):
         try:
-            await asyncio.wait_for(check(), READY_TIMEOUT_S)
-            checks[name] = "ok"
+            checks[name] = await asyncio.wait_for(check(), READY_TIMEOUT_S)
         except Exception as exc:
-            checks[name] = f"unavailable ({type(exc).__name__})"
+            checks[name] = f"unavailable ({describe(exc)})"
+    down = app[appkeys.SUPERVISOR].down()
+    checks["loops"] = {name: f"down ({error})" for name, error in down.items()} if down else "ok"
     ready = all(value == "ok" for value in checks.values())
     return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
 

@@ -4,31 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
 
-from notify_server import api, appkeys, delivery
+from notify_server import api, appkeys
 from notify_server.batching import BatchLoader
 from notify_server.connections import NotificationWebSocketManager
 from notify_server.constants import CLOSE_GOING_AWAY
-from notify_server.db import close_pool, create_pool
+from notify_server.db import Database
+from notify_server.delivery import PushConsumer
 from notify_server.heartbeat import run_heartbeat
 from notify_server.metrics import ServerMetrics
 from notify_server.notifications import NotificationRepository
 from notify_server.presence import Presence
 from notify_server.push import StreamPushTransport
+from notify_server.routing import PushRouter
 from notify_server.session_watch import SessionWatcher
 from notify_server.sessions import SessionStore
 from notify_server.settings import Settings
-from notify_server.stores import STORE_ERRORS
+from notify_server.stores import describe, reconnect_if_stale, unavailable
+from notify_server.supervisor import LoopHealth, Supervisor
 from notify_server.ws import notifications_ws
 
 logger = logging.getLogger("notify.app")
@@ -36,28 +39,30 @@ logger = logging.getLogger("notify.app")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 LISTEN_BACKLOG = 8192
 
+RouteAdder = Callable[[web.Application], None]
+
 
 def new_node_id() -> str:
     host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:32]
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def create_app(settings: Settings, *, node_id: str | None = None, dev: bool = False) -> web.Application:
-    """One node: WebSocket endpoint, REST API, health and metrics. Nothing connects until startup."""
+def create_app(
+    settings: Settings, *, node_id: str | None = None, extra_routes: RouteAdder | None = None
+) -> web.Application:
+    """One node: WebSocket endpoint, REST API, health and metrics. Nothing connects until startup, and
+    nothing at startup needs Postgres or Redis to answer: the node comes up and reports not ready."""
     settings.require_services()
     app = web.Application(middlewares=[api.json_errors], client_max_size=settings.limits.request_max_bytes)
     app[appkeys.SETTINGS] = settings
     app[appkeys.NODE_ID] = node_id or settings.server.node_id or new_node_id()
-    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, node_ctx, push_consumer_ctx, presence_refresher_ctx,
-                            session_watch_ctx, heartbeat_ctx])
+    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, node_ctx, loops_ctx])
     app.on_shutdown.append(drain_sockets)
     app.router.add_get("/ws/notifications", notifications_ws)
     app.router.add_get("/static/notify-client.js", browser_client)
     api.add_routes(app)
-    if dev:
-        from notify_server.demo import add_demo_routes
-
-        add_demo_routes(app)
+    if extra_routes is not None:
+        extra_routes(app)
     return app
 
 
@@ -70,10 +75,10 @@ async def browser_client(request: web.Request) -> web.FileResponse:
 
 
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
-    pool = await create_pool(app[appkeys.SETTINGS].database)
-    app[appkeys.DB_POOL] = pool
+    db = Database(app[appkeys.SETTINGS].database)
+    app[appkeys.DB] = db
     yield
-    await close_pool(pool)
+    await db.close()
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -87,7 +92,7 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
     """The node's own objects, wired over the pools."""
     settings = app[appkeys.SETTINGS]
     node_id = app[appkeys.NODE_ID]
-    repository = NotificationRepository(app[appkeys.DB_POOL])
+    repository = NotificationRepository(app[appkeys.DB])
     presence = Presence(app[appkeys.REDIS], settings.presence.ttl_s)
 
     async def add_present(user_ids: Sequence[str]) -> dict[str, None]:
@@ -100,14 +105,18 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
     async def became_present(user_id: str) -> None:
         try:
             await present_batch.load(user_id)
-        except STORE_ERRORS as exc:  # the refresher writes it again once Redis is back
-            logger.warning("presence not recorded (%s)", type(exc).__name__)
+        except Exception as exc:  # the refresher writes it again once Redis is back
+            if not unavailable(exc):
+                raise
+            logger.warning("presence not recorded (%s)", describe(exc))
 
     async def became_absent(user_id: str) -> None:
         try:
             await presence.remove(node_id, [user_id])
-        except STORE_ERRORS as exc:  # it expires by itself
-            logger.warning("presence not cleared (%s)", type(exc).__name__)
+        except Exception as exc:  # it expires by itself
+            if not unavailable(exc):
+                raise
+            logger.warning("presence not cleared (%s)", describe(exc))
 
     manager = NotificationWebSocketManager(
         repository.unread_state,
@@ -117,16 +126,21 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     metrics = ServerMetrics(lambda: manager.connection_count)
     manager.on_frames_sent = metrics.frames_pushed.inc
-    app[appkeys.NOTIFICATIONS] = repository
-    app[appkeys.SESSIONS] = SessionStore(app[appkeys.DB_POOL])
-    app[appkeys.PRESENCE] = presence
-    app[appkeys.PUSH] = StreamPushTransport(
+    transport = StreamPushTransport(
         app[appkeys.REDIS],
         maxlen=settings.push.stream_maxlen,
         stream_ttl_s=settings.presence.ttl_s,
         job_expiry_s=settings.push.job_expiry_s,
         read_batch=settings.push.read_batch,
         read_block_ms=settings.push.read_block_ms,
+    )
+    app[appkeys.NOTIFICATIONS] = repository
+    app[appkeys.SESSIONS] = SessionStore(app[appkeys.DB])
+    app[appkeys.PRESENCE] = presence
+    app[appkeys.PUSH] = transport
+    app[appkeys.ROUTER] = PushRouter(presence, transport)
+    app[appkeys.SUPERVISOR] = Supervisor(
+        metrics.loop_restarts, on_failure=functools.partial(reconnect_if_stale, app[appkeys.REDIS])
     )
     app[appkeys.MANAGER] = manager
     app[appkeys.METRICS] = metrics
@@ -137,76 +151,39 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
     await manager.wait_closing()
 
 
-@contextlib.asynccontextmanager
-async def _background(name: str, coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    """Run a task for the app's lifetime; a crash is logged, shutdown cancels and awaits it."""
-    task = asyncio.get_running_loop().create_task(coro, name=name)
-
-    def report(done: asyncio.Task[None]) -> None:
-        if not done.cancelled() and done.exception() is not None:
-            logger.error("background task %s died", name, exc_info=done.exception())
-
-    task.add_done_callback(report)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def _task_ctx(name: str, make: Callable[[web.Application], Coroutine[Any, Any, None]]) -> Any:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with _background(name, make(app)):
-            yield
-
-    ctx.__name__ = f"{name.replace('-', '_')}_ctx"
-    return ctx
+async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The node's background loops, supervised (notify_server.supervisor): restarted after any failure,
+    named by /readyz while down. On a clean stop the node's presence and stream are removed."""
+    settings = app[appkeys.SETTINGS]
+    manager = app[appkeys.MANAGER]
+    watcher = app[appkeys.SESSION_WATCHER]
+    supervisor = app[appkeys.SUPERVISOR]
+    consumer = PushConsumer(app[appkeys.PUSH], app[appkeys.NODE_ID], manager, app[appkeys.METRICS])
+    supervisor.start("push-consumer", consumer.run)
+    supervisor.start("presence-refresher", functools.partial(refresh_presence, app))
+    supervisor.start("revocation-listener", functools.partial(watcher.run_revocation_listener, app[appkeys.REDIS]))
+    supervisor.start("revocation-applier", watcher.run_revocation_applier)
+    supervisor.start("session-recheck", functools.partial(watcher.run_periodic, settings.session.recheck_interval_s))
+    supervisor.start("heartbeat", functools.partial(
+        run_heartbeat, manager, settings.heartbeat.interval_s, settings.heartbeat.timeout_s))
+    yield
+    await supervisor.stop()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(2.0):
+            await app[appkeys.PRESENCE].remove(app[appkeys.NODE_ID], manager.user_ids())
+            await app[appkeys.PUSH].delete(app[appkeys.NODE_ID])
 
 
-async def consume_pushes(app: web.Application) -> None:
-    await delivery.consume_pushes(app[appkeys.PUSH], app[appkeys.NODE_ID], app[appkeys.MANAGER], app[appkeys.METRICS])
-
-
-async def refresh_presence(app: web.Application) -> None:
-    """Rewrite this node's presence (and keep its stream alive) until stopped; rebuilds after a Redis
-    restart. On a clean stop, the node's presence and stream are removed."""
+async def refresh_presence(app: web.Application, health: LoopHealth) -> None:
+    """Rewrite this node's presence (and keep its stream alive) every presence.refresh_interval_s; this
+    also rebuilds presence after a Redis restart or fail-over."""
     settings = app[appkeys.SETTINGS]
     node_id = app[appkeys.NODE_ID]
-    presence = app[appkeys.PRESENCE]
-    transport = app[appkeys.PUSH]
-    manager = app[appkeys.MANAGER]
-    try:
-        while True:
-            await asyncio.sleep(settings.presence.refresh_interval_s)
-            try:
-                await presence.add(node_id, manager.user_ids())
-                await transport.touch(node_id)
-            except STORE_ERRORS as exc:
-                logger.warning("presence refresh failed (%s)", type(exc).__name__)
-    finally:
-        with contextlib.suppress(*STORE_ERRORS):
-            await presence.remove(node_id, manager.user_ids())
-            await transport.delete(node_id)
-
-
-async def watch_sessions(app: web.Application) -> None:
-    watcher = app[appkeys.SESSION_WATCHER]
-    await asyncio.gather(
-        watcher.run_revocations(app[appkeys.REDIS]),
-        watcher.run_periodic(app[appkeys.SETTINGS].session.recheck_interval_s),
-    )
-
-
-async def heartbeat(app: web.Application) -> None:
-    settings = app[appkeys.SETTINGS]
-    await run_heartbeat(app[appkeys.MANAGER], settings.heartbeat.interval_s, settings.heartbeat.timeout_s)
-
-
-push_consumer_ctx = _task_ctx("push-consumer", consume_pushes)
-presence_refresher_ctx = _task_ctx("presence-refresher", refresh_presence)
-session_watch_ctx = _task_ctx("session-watch", watch_sessions)
-heartbeat_ctx = _task_ctx("heartbeat", heartbeat)
+    while True:
+        await app[appkeys.PRESENCE].add(node_id, app[appkeys.MANAGER].user_ids())
+        await app[appkeys.PUSH].touch(node_id)
+        health.ok()
+        await asyncio.sleep(settings.presence.refresh_interval_s)
 
 
 async def drain_sockets(app: web.Application) -> None:

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from notify_server.events import EventRejected, parse_event
 from notify_server.logs import configure_logging
 from notify_server.settings import ConfigError, Settings, load_settings
+from workers.consumer import EventConsumer  # the composition root: the only server module that imports workers
 
 logger = logging.getLogger("notify.cli")
 
@@ -131,27 +132,24 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.settings import build_worker
-
-    worker = build_worker(settings)
-    worker.run()
+    EventConsumer(settings).run()
     return 0
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from notify_server.dev import run_dev
 
-    return run_dev(settings)
+    return run_dev(settings, lambda s: EventConsumer(s, handle_signals=False))
 
 
-async def _with_pool(settings: Settings, action: Any) -> Any:
-    from notify_server.db import close_pool, create_pool
+async def _with_db(settings: Settings, action: Any) -> Any:
+    from notify_server.db import Database
 
-    pool = await create_pool(dataclasses.replace(settings.database, pool_min_size=1, pool_max_size=2))
+    db = Database(dataclasses.replace(settings.database, pool_min_size=1, pool_max_size=2))
     try:
-        return await action(pool)
+        return await action(db)
     finally:
-        await close_pool(pool)
+        await db.close()
 
 
 def cmd_session(settings: Settings, args: argparse.Namespace) -> int:
@@ -161,17 +159,17 @@ def cmd_session(settings: Settings, args: argparse.Namespace) -> int:
     if args.session_command == "create":
         ttl_s = args.ttl_s or settings.session.default_ttl_s
 
-        async def create(pool: Any) -> Any:
-            return await SessionStore(pool).create(args.user, ttl_s)
+        async def create(db: Any) -> Any:
+            return await SessionStore(db).create(args.user, ttl_s)
 
-        new = asyncio.run(_with_pool(settings, create))
+        new = asyncio.run(_with_db(settings, create))
         print(new.token)
         return 0
 
-    async def revoke(pool: Any) -> str | None:
+    async def revoke(db: Any) -> str | None:
         from notify_server.revocations import publish_revocation
 
-        token_hash = await SessionStore(pool).revoke(args.token)
+        token_hash = await SessionStore(db).revoke(args.token)
         if token_hash is not None:
             client = Redis.from_url(settings.redis.url)
             try:
@@ -180,7 +178,7 @@ def cmd_session(settings: Settings, args: argparse.Namespace) -> int:
                 await client.aclose()
         return token_hash
 
-    if asyncio.run(_with_pool(settings, revoke)) is None:
+    if asyncio.run(_with_db(settings, revoke)) is None:
         raise CommandError("no live session has this token (unknown, expired or already revoked)")
     print("revoked", file=sys.stderr)
     return 0
@@ -218,16 +216,18 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from notify_server.health import check_postgres, check_redis
 
     settings.require_services()
-    problems = asyncio.run(_check(settings, check_postgres, check_redis))
+
+    async def check() -> tuple[str | None, tuple[str | None, list[str]]]:
+        return await asyncio.gather(check_postgres(settings.database.url), check_redis(settings.redis.url))
+
+    postgres_problem, (redis_problem, warnings) = asyncio.run(check())
+    problems = [problem for problem in (postgres_problem, redis_problem) if problem]
     if problems:
         raise CommandError("; ".join(problems))
-    print(f"ok: config valid ({len(settings.templates)} templates), postgres and redis reachable")
+    for warning in warnings:  # after the problems are fixed: one line at a time
+        print(f"notify-server: warning: {warning}", file=sys.stderr)
+    print(f"ok: config valid ({len(settings.templates)} templates), postgres migrated and redis reachable")
     return 0
-
-
-async def _check(settings: Settings, check_postgres: Any, check_redis: Any) -> list[str]:
-    results = await asyncio.gather(check_postgres(settings.database.url), check_redis(settings.redis.url))
-    return [problem for problem in results if problem]
 
 
 COMMANDS = {

@@ -1,6 +1,11 @@
 """The node's connection map: which sockets this node holds for which user, and sending to them.
 
-`connections` is the `dict[str, set[WebSocket]]` of SPEC §7. Each socket has a bounded outbox: a push
+The manager owns the map (the `dict[str, set[WebSocket]]` of SPEC §7), each socket's state, its expiry
+timer and its outbox; delivery, the heartbeat and the session watcher call its methods and never reach
+into them. `register_connection` / `remove_connection` / `push_to_user` / `push_unread_count` (and the
+batch `deliver`) are what production runs.
+
+Each socket has a bounded outbox: a push
 appends the (already serialised) frame and returns at once; a short-lived writer task drains the outbox,
 so one slow or dead socket never stalls the push loop or another user's socket. An outbox that overflows
 (`limits.send_queue_max`) closes its socket with 4008. Idle sockets have no outbox and no task.
@@ -16,14 +21,15 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 import orjson
 
-from notify_server.constants import CLOSE_TOO_SLOW
+from notify_server.constants import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_TOO_SLOW
 from notify_server.frames import unread_count_frame
 from notify_server.notifications import UnreadState
+from notify_server.push import PushJob
 
 logger = logging.getLogger("notify.connections")
 
@@ -41,6 +47,9 @@ class WebSocketLike(Protocol):
 
 UnreadReader = Callable[[str], Awaitable["UnreadState | int"]]
 PresenceHook = Callable[[str], Awaitable[None]]
+
+PING_FRAME = b"\x89\x00"  # an empty server ping (FIN, opcode 9, unmasked): written as is, never waits
+PING_SLICE = 500  # sockets pinged between two yields to the event loop
 
 
 @dataclasses.dataclass(eq=False, slots=True)
@@ -90,8 +99,8 @@ class NotificationWebSocketManager:
         on_last_connection: PresenceHook | None = None,
         on_frames_sent: Callable[[int], None] | None = None,
     ) -> None:
-        self.connections: dict[str, set[WebSocketLike]] = {}
-        self.states: dict[WebSocketLike, ConnectionState] = {}
+        self._connections: dict[str, set[WebSocketLike]] = {}
+        self._states: dict[WebSocketLike, ConnectionState] = {}
         self._unread_state = unread_state
         self._send_queue_max = send_queue_max
         self._close_timeout_s = close_timeout_s
@@ -104,15 +113,17 @@ class NotificationWebSocketManager:
     # ---------------------------------------------------------------- the map
 
     async def register_connection(
-        self, user_id: str, ws: WebSocketLike, *, session_hash: str = "", hold: bool = False
+        self, user_id: str, ws: WebSocketLike, *, session_hash: str = "", hold: bool = False, transport: Any = None,
     ) -> ConnectionState:
-        """Add a socket to the user's set. With hold=True, frames pushed to it wait for `release`."""
-        sockets = self.connections.get(user_id)
+        """Add a socket to the user's set. With hold=True, frames pushed to it wait for `release`.
+        `transport` (the socket's asyncio transport) lets the heartbeat ping without waiting and abort a
+        stale peer."""
+        sockets = self._connections.get(user_id)
         first = sockets is None
         if sockets is None:
-            sockets = self.connections[user_id] = set()
+            sockets = self._connections[user_id] = set()
         sockets.add(ws)
-        state = self.states[ws] = ConnectionState(user_id=user_id, session_hash=session_hash)
+        state = self._states[ws] = ConnectionState(user_id=user_id, session_hash=session_hash, transport=transport)
         if hold:
             self._outboxes[ws] = _Outbox(held=True)
         if first and self._on_first_connection is not None:
@@ -122,65 +133,96 @@ class NotificationWebSocketManager:
 
     async def remove_connection(self, user_id: str, ws: WebSocketLike) -> None:
         """Drop one socket; drop the user's entry when it was the last one. Safe to call twice."""
-        state = self.states.pop(ws, None)
+        state = self._states.pop(ws, None)
         if state is not None and state.expiry_timer is not None:
             state.expiry_timer.cancel()
         outbox = self._outboxes.pop(ws, None)
         if outbox is not None and outbox.writer is not None and outbox.writer is not asyncio.current_task():
             outbox.writer.cancel()
-        sockets = self.connections.get(user_id)
+        sockets = self._connections.get(user_id)
         if sockets is None or ws not in sockets:
             return
         sockets.discard(ws)
         if not sockets:
-            del self.connections[user_id]
+            del self._connections[user_id]
             if self._on_last_connection is not None:
                 await asyncio.shield(self._on_last_connection(user_id))
 
     def count(self, user_id: str) -> int:
-        return len(self.connections.get(user_id, ()))
+        return len(self._connections.get(user_id, ()))
 
     @property
     def connection_count(self) -> int:
-        return len(self.states)
+        return len(self._states)
+
+    @property
+    def connections(self) -> dict[str, set[WebSocketLike]]:
+        """A copy of the map, for looking at (tests, debugging); changing it changes nothing."""
+        return {user_id: set(sockets) for user_id, sockets in self._connections.items()}
+
+    def state_of(self, ws: WebSocketLike) -> ConnectionState | None:
+        return self._states.get(ws)
 
     def user_ids(self) -> list[str]:
-        return list(self.connections)
-
-    def all_sockets(self) -> list[WebSocketLike]:
-        return list(self.states)
+        return list(self._connections)
 
     # ---------------------------------------------------------------- pushing to users
 
-    async def push_to_user(self, user_id: str, payload: dict[str, Any] | str) -> int:
+    async def push_to_user(
+        self, user_id: str, payload: dict[str, Any] | str, notification_id: str | None = None
+    ) -> int:
         """Send one frame to every socket of this user on this node; returns how many got it queued.
         The payload is serialised once, whatever the number of sockets. No socket here: a no-op."""
-        sockets = self.connections.get(user_id)
-        if not sockets:
-            return 0
-        text = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
-        for ws in list(sockets):
-            self.send(ws, text)
-        return len(sockets)
+        return self._push_frame(user_id, payload if isinstance(payload, str) else orjson.dumps(payload).decode(),
+                                notification_id)
 
     async def push_unread_count(self, user_id: str, unread: UnreadState | int | None = None) -> int:
         """Send the user's unread count (read from the store unless given) to every socket here."""
-        if user_id not in self.connections:
+        if user_id not in self._connections:
             return 0
         if unread is None:
             if self._unread_state is None:
                 raise RuntimeError("this manager was built without an unread-count reader")
             unread = await self._unread_state(user_id)
         count, version = (unread, None) if isinstance(unread, int) else (unread.count, unread.version)
-        text = unread_count_frame(count, version)
-        sockets = self.connections.get(user_id, ())
+        return self._push_unread(user_id, unread_count_frame(count, version), version)
+
+    def deliver(self, jobs: Sequence[PushJob]) -> None:
+        """The batch form of push_to_user + push_unread_count, for this node's push jobs: every frame to
+        its user's sockets here, then each user's newest unread count once (coalesced per batch)."""
+        newest_unread: dict[str, tuple[int, int | None]] = {}
+        for job in jobs:
+            for item in job.items:
+                if item.user_id not in self._connections:
+                    continue  # the user left this node since the worker looked
+                if item.frame is not None:
+                    self._push_frame(item.user_id, item.frame, item.notification_id)
+                if item.unread_count is not None:
+                    seen = newest_unread.get(item.user_id)
+                    if seen is None or (item.unread_version or 0) >= (seen[1] or 0):
+                        newest_unread[item.user_id] = (item.unread_count, item.unread_version)
+        for user_id, (count, version) in newest_unread.items():
+            self._push_unread(user_id, unread_count_frame(count, version), version)
+
+    def _push_frame(self, user_id: str, text: str, notification_id: str | None) -> int:
+        sockets = self._connections.get(user_id)
+        if not sockets:
+            return 0
         for ws in list(sockets):
-            self.send_unread(ws, text, version)
+            self._send(ws, text, notification_id)
+        return len(sockets)
+
+    def _push_unread(self, user_id: str, text: str, version: int | None) -> int:
+        sockets = self._connections.get(user_id)
+        if not sockets:
+            return 0
+        for ws in list(sockets):
+            self._send_unread(ws, text, version)
         return len(sockets)
 
     # ---------------------------------------------------------------- one socket
 
-    def send(self, ws: WebSocketLike, text: str, notification_id: str | None = None) -> None:
+    def _send(self, ws: WebSocketLike, text: str, notification_id: str | None = None) -> None:
         """Queue one frame for one socket; close it with 4008 when its outbox is full."""
         outbox = self._outbox(ws)
         if outbox is None:
@@ -193,9 +235,9 @@ class NotificationWebSocketManager:
         outbox.frames.append((text, notification_id))
         self._start_writer(ws, outbox)
 
-    def send_unread(self, ws: WebSocketLike, text: str, version: int | None) -> None:
+    def _send_unread(self, ws: WebSocketLike, text: str, version: int | None) -> None:
         """Queue an unread_count frame, replacing one still waiting; older versions are dropped."""
-        state = self.states.get(ws)
+        state = self._states.get(ws)
         outbox = self._outbox(ws)
         if outbox is None or state is None:
             return
@@ -218,7 +260,7 @@ class NotificationWebSocketManager:
         or arriving within `already_sent_ttl_s`; so is a held unread count not newer than
         `unread_version`."""
         outbox = self._outboxes.get(ws)
-        state = self.states.get(ws)
+        state = self._states.get(ws)
         if outbox is None or state is None:
             return
         if already_sent:
@@ -234,7 +276,7 @@ class NotificationWebSocketManager:
         self._start_writer(ws, outbox)
 
     def _was_replayed(self, ws: WebSocketLike, notification_id: str) -> bool:
-        state = self.states[ws]
+        state = self._states[ws]
         if not state.replayed:
             return False
         if time.monotonic() > state.replayed_until:
@@ -243,7 +285,7 @@ class NotificationWebSocketManager:
         return notification_id in state.replayed
 
     def _outbox(self, ws: WebSocketLike) -> _Outbox | None:
-        state = self.states.get(ws)
+        state = self._states.get(ws)
         if state is None or state.closing:
             return None
         outbox = self._outboxes.get(ws)
@@ -295,7 +337,7 @@ class NotificationWebSocketManager:
     def close_soon(self, ws: WebSocketLike, code: int, message: bytes = b"") -> None:
         """Close a socket without waiting for it (the caller may be a push loop). The handler removes
         it from the map when its read loop ends."""
-        state = self.states.get(ws)
+        state = self._states.get(ws)
         if state is not None:
             if state.closing:
                 return
@@ -315,11 +357,86 @@ class NotificationWebSocketManager:
 
     async def close_all(self, code: int, message: bytes = b"") -> None:
         """Close every socket (drain / shutdown) and wait for the closes to be sent."""
-        for state in self.states.values():
+        for state in self._states.values():
             state.closing = True
             state.close_code = code
-        await asyncio.gather(*(self._close(ws, code, message) for ws in self.all_sockets()))
+        await asyncio.gather(*(self._close(ws, code, message) for ws in list(self._states)))
 
     async def wait_closing(self) -> None:
         if self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+    # ---------------------------------------------------------------- heartbeat
+
+    def record_pong(self, ws: WebSocketLike) -> None:
+        state = self._states.get(ws)
+        if state is not None:
+            state.last_pong_at = time.monotonic()
+
+    async def ping_all(self, timeout_s: float) -> list[WebSocketLike]:
+        """Ping every socket; returns those pinged. A real socket's ping is written straight to its
+        transport, so a full send buffer never delays it (a dead peer behind one is still found by its
+        missing pong); sockets without a transport (fakes) are pinged through `ping()`."""
+        pinged = []
+        for index, (ws, state) in enumerate(list(self._states.items())):
+            if state.closing:
+                continue
+            state.last_ping_at = time.monotonic()
+            pinged.append(ws)
+            transport = state.transport
+            if transport is not None:
+                if not transport.is_closing():
+                    transport.write(PING_FRAME)
+            else:
+                await self._ping_via_socket(ws, timeout_s)
+            if index % PING_SLICE == PING_SLICE - 1:
+                await asyncio.sleep(0)
+        return pinged
+
+    @staticmethod
+    async def _ping_via_socket(ws: WebSocketLike, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await ws.ping()  # type: ignore[attr-defined]
+        except Exception:
+            pass  # unanswered is unanswered: drop_unanswered judges it
+
+    async def drop_unanswered(self, pinged: Sequence[WebSocketLike]) -> int:
+        """Drop the sockets that sent no pong since their ping: a stale peer will not answer a close
+        handshake, so its transport is aborted and it leaves the map now. Returns how many."""
+        dropped = 0
+        for ws in pinged:
+            state = self._states.get(ws)
+            if state is None or state.last_pong_at >= state.last_ping_at:
+                continue
+            dropped += 1
+            state.close_code = CLOSE_HEARTBEAT_TIMEOUT
+            if state.transport is not None:
+                state.transport.abort()
+            else:
+                self.close_soon(ws, CLOSE_HEARTBEAT_TIMEOUT, b"heartbeat timeout")
+            await self.remove_connection(state.user_id, ws)
+        return dropped
+
+    # ---------------------------------------------------------------- sessions
+
+    def sockets_by_session(self, sockets: Iterable[WebSocketLike] | None = None) -> dict[str, list[WebSocketLike]]:
+        """{session hash: its open sockets}, of these sockets (default: all)."""
+        by_hash: dict[str, list[WebSocketLike]] = {}
+        for ws in list(self._states) if sockets is None else sockets:
+            state = self._states.get(ws)
+            if state is not None and not state.closing:
+                by_hash.setdefault(state.session_hash, []).append(ws)
+        return by_hash
+
+    def sockets_of_session(self, session_hash: str) -> list[WebSocketLike]:
+        return [ws for ws, state in list(self._states.items()) if state.session_hash == session_hash]
+
+    def set_expiry(self, ws: WebSocketLike, delay_s: float, on_expiry: Callable[[WebSocketLike], None]) -> None:
+        """Call on_expiry(ws) in delay_s (replacing an earlier timer); cancelled when the socket goes."""
+        state = self._states.get(ws)
+        if state is None:
+            return
+        if state.expiry_timer is not None:
+            state.expiry_timer.cancel()
+        state.expiry_timer = asyncio.get_running_loop().call_later(max(0.0, delay_s), on_expiry, ws)

@@ -2,6 +2,9 @@
 
 # WebSocket close codes (README: "Close codes").
 CLOSE_GOING_AWAY = 1001  # server shutting down / draining
+CLOSE_ABNORMAL = 1006  # no close frame: the peer vanished (a metric label; never sent)
+CLOSE_TOO_BIG = 1009  # a client frame over websocket.max_frame_bytes (aiohttp sends it)
+CLOSE_HEARTBEAT_TIMEOUT = 1011  # no pong within heartbeat.timeout_s (the peer rarely sees it: aborted)
 CLOSE_TRY_AGAIN = 1013  # Postgres or Redis unreachable while connecting: reconnect with backoff
 CLOSE_UNAUTHORIZED = 4001  # no, invalid, expired or revoked session
 CLOSE_TOO_SLOW = 4008  # the per-connection send queue overflowed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
@@ -11,7 +12,9 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from notify_server import appkeys
 from notify_server.api import json_error
 from notify_server.events import EventRejected, parse_event
+from notify_server.origins import origin_allowed
 from notify_server.producer import enqueue_event
+from notify_server.revocations import publish_revocation
 from notify_server.schemas import MAX_USER_ID_CHARS, first_error
 from notify_server.ws import SESSION_COOKIE
 
@@ -36,7 +39,18 @@ class EmitSchema(Schema):
     data = fields.Dict(keys=fields.String(), load_default=dict)
 
 
-async def _json_body(request: web.Request, schema: Schema) -> dict:
+def _refuse_cross_site(request: web.Request) -> None:
+    """The demo signs anyone in and emits anything: a foreign page must not be able to make it do so.
+    A cross-site form cannot send JSON without a CORS preflight (which we never answer), and a page of
+    another origin is refused outright."""
+    if not origin_allowed(request.headers.get("Origin"), request.app[appkeys.SETTINGS].websocket.allowed_origins):
+        raise web.HTTPForbidden(reason="origin not allowed")
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(reason="send JSON (Content-Type: application/json)")
+
+
+async def _json_body(request: web.Request, schema: Schema) -> dict[str, Any]:
+    _refuse_cross_site(request)
     try:
         body = await request.json()
     except ValueError:
@@ -57,10 +71,9 @@ async def sign_in(request: web.Request) -> web.Response:
 
 
 async def sign_out(request: web.Request) -> web.Response:
+    _refuse_cross_site(request)
     token = request.cookies.get(SESSION_COOKIE)
     if token:
-        from notify_server.revocations import publish_revocation
-
         token_hash = await request.app[appkeys.SESSIONS].revoke(token)
         if token_hash:
             await publish_revocation(request.app[appkeys.REDIS], token_hash)

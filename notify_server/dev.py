@@ -12,15 +12,30 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from aiohttp import web
 
 from notify_server.app import create_app
+from notify_server.demo import add_demo_routes
 from notify_server.embedded import EmbeddedUnavailable, embedded_postgres, embedded_redis
 from notify_server.migrations import apply_migrations
 from notify_server.settings import ConfigError, Settings
+
+
+class Worker(Protocol):
+    """What dev runs beside the node: `notify-server worker`'s consumer (the CLI passes its factory)."""
+
+    async def main(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+WorkerFactory = Callable[[Settings], Worker]
+LOOPBACK_HOSTS = frozenset(("127.0.0.1", "localhost", "::1"))
 
 logger = logging.getLogger("notify.dev")
 
@@ -39,7 +54,13 @@ def dev_origins(settings: Settings) -> tuple[str, ...]:
     return tuple(sorted({*settings.websocket.allowed_origins, *(f"http://{h}:{port}" for h in hosts)}))
 
 
-def run_dev(settings: Settings) -> int:
+def run_dev(settings: Settings, make_worker: WorkerFactory) -> int:
+    if settings.server.host not in LOOPBACK_HOSTS:
+        print(
+            f"notify-server: WARNING: dev listens on {settings.server.host}, not on loopback: anyone who can reach "
+            "it may sign in as any user and emit any event through the demo routes. Use serve for that.",
+            file=sys.stderr, flush=True,
+        )
     data_dir = Path(settings.dev.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # unwind (and stop what we started) on SIGTERM
@@ -62,7 +83,7 @@ def run_dev(settings: Settings) -> int:
             )
             applied = apply_migrations(database_url)
             _say(f"migrations: {len(applied)} applied")
-            asyncio.run(_serve_and_work(settings))
+            asyncio.run(_serve_and_work(settings, make_worker))
     except KeyboardInterrupt:
         pass
     finally:
@@ -71,17 +92,16 @@ def run_dev(settings: Settings) -> int:
     return 0
 
 
-async def _serve_and_work(settings: Settings) -> None:
-    from workers.settings import build_worker
-
+async def _serve_and_work(settings: Settings, make_worker: WorkerFactory) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    runner = web.AppRunner(create_app(settings, dev=True), shutdown_timeout=settings.server.shutdown_timeout_s)
+    runner = web.AppRunner(create_app(settings, extra_routes=add_demo_routes),
+                           shutdown_timeout=settings.server.shutdown_timeout_s)
     await runner.setup()
-    worker = build_worker(settings, handle_signals=False)
+    worker = make_worker(settings)
     worker_task = loop.create_task(worker.main(), name="dev-worker")
     try:
         site = web.TCPSite(runner, settings.server.host, settings.server.port)

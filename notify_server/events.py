@@ -14,8 +14,20 @@ from notify_server.templates import MissingVariable, Template, UnusableValue
 _EVENT_SCHEMA = EventSchema()
 
 
+# The labels of the rejection metric: a fixed set, never text from the event itself.
+REJECTION_FIELDS = frozenset(
+    ("event", "event_id", "event_type", "recipients", "data", "priority", "action_url", "metadata", "database")
+)
+
+
 class EventRejected(ValueError):
     """The event can never be processed as sent; the message names the field or the variable."""
+
+    @property
+    def field(self) -> str:
+        """The top-level field at fault, from REJECTION_FIELDS ("event" when it is the whole event)."""
+        head = str(self).split(":", 1)[0].split(".", 1)[0].strip()
+        return head if head in REJECTION_FIELDS else "event"
 
 
 def event_id_for_log(raw: Any) -> str:

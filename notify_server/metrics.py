@@ -16,6 +16,11 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
+def _loop_restarts(registry: CollectorRegistry) -> Counter:
+    return Counter("notify_loop_restarts", "Background loops restarted after a failure, by loop", ["loop"],
+                   registry=registry)
+
+
 class ServerMetrics:
     def __init__(self, connection_count: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
@@ -39,6 +44,7 @@ class ServerMetrics:
             "notify_push_latency_seconds", "Push job enqueued by a worker -> frames queued on this node",
             buckets=LATENCY_BUCKETS_S, registry=self.registry,
         )
+        self.loop_restarts = _loop_restarts(self.registry)
 
 
 class WorkerMetrics:
@@ -63,3 +69,4 @@ class WorkerMetrics:
             "notify_event_job_duration_seconds", "process_event duration", buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.loop_restarts = _loop_restarts(self.registry)

@@ -16,6 +16,19 @@ logger = logging.getLogger("notify.migrations")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _ADVISORY_LOCK_KEY = 0x6E6F7469  # "noti"
+# yoyo records what it applied here; a database without it has had no migration at all.
+APPLIED_QUERY = "SELECT migration_id FROM _yoyo_migration"
+
+
+def expected_migrations() -> list[str]:
+    """The ids of every migration this version needs (the .sql files in migrations/, in order)."""
+    return sorted(p.stem for p in MIGRATIONS_DIR.glob("*.sql") if not p.name.endswith(".rollback.sql"))
+
+
+def missing_from(applied: list[str] | set[str]) -> list[str]:
+    """Of the migrations this version needs, those not in `applied`."""
+    done = set(applied)
+    return [migration_id for migration_id in expected_migrations() if migration_id not in done]
 
 
 def _yoyo_url(database_url: str) -> str:

@@ -8,10 +8,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import aiopg
 import orjson
 
 from notify_server.batching import BatchLoader
+from notify_server.db import Database
 
 _COLUMNS = (
     "seq, notification_id, recipient_id, recipient_email, event_id, event_type, title, body,"
@@ -100,8 +100,8 @@ def _uuid_or_none(value: str) -> str | None:
 
 
 class NotificationRepository:
-    def __init__(self, pool: aiopg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
         # Concurrent reads of unread state (sockets connecting at once) share one query.
         self._unread: BatchLoader[str, UnreadState] = BatchLoader(self.unread_states, default=UnreadState(0, 0))
 
@@ -125,7 +125,7 @@ class NotificationRepository:
         if not events:
             return []
         by_id = {new.event_id: new for new in events}
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
+        async with self._db.connection() as conn, conn.cursor() as cur:
             async with cur.begin():
                 # Pairs stored by an earlier try of the same events (a retry, a duplicate): skipped.
                 await cur.execute(
@@ -220,6 +220,16 @@ class NotificationRepository:
             ))
         return inserted
 
+    async def of_events(self, event_ids: Sequence[str]) -> list[Notification]:
+        """Every stored row of these events (a retried event pushes what an earlier try stored)."""
+        if not event_ids:
+            return []
+        async with self._db.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM notifications WHERE event_id = ANY(%s) ORDER BY seq", (list(event_ids),)
+            )
+            return [Notification.from_row(row) for row in await cur.fetchall()]
+
     async def count_unread(self, user_id: str) -> int:
         return (await self.unread_state(user_id)).count
 
@@ -230,7 +240,7 @@ class NotificationRepository:
         """Unread state of several users in one query (users with none are 0, version 0)."""
         if not user_ids:
             return {}
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
+        async with self._db.connection() as conn, conn.cursor() as cur:
             await cur.execute(
                 "SELECT user_id, unread, version FROM unread_counters WHERE user_id = ANY(%s)", (list(user_ids),)
             )
@@ -256,7 +266,7 @@ class NotificationRepository:
         not one of this user's)."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
+        async with self._db.connection() as conn, conn.cursor() as cur:
             clauses = ["recipient_id = %(user)s"]
             params: dict[str, Any] = {"user": user_id, "limit": limit + 1}
             if unread_only:
@@ -276,7 +286,7 @@ class NotificationRepository:
 
     async def list_since(self, user_id: str, since: str, *, limit: int) -> list[Notification]:
         """This user's notifications stored after `since`, oldest first, at most `limit`."""
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
+        async with self._db.connection() as conn, conn.cursor() as cur:
             seq = await self._seq_of(cur, user_id, since)
             await cur.execute(
                 f"SELECT {_COLUMNS} FROM notifications WHERE recipient_id = %s AND seq > %s"
@@ -298,7 +308,7 @@ class NotificationRepository:
         nid = _uuid_or_none(notification_id)
         if nid is None:
             return None
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
+        async with self._db.connection() as conn, conn.cursor() as cur:
             async with cur.begin():
                 await cur.execute(
                     f"UPDATE notifications SET read_at = now()"
@@ -322,7 +332,7 @@ class NotificationRepository:
 
     async def read_all(self, user_id: str) -> tuple[int, UnreadState | None]:
         """(rows changed, new unread state or None when nothing changed)."""
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
+        async with self._db.connection() as conn, conn.cursor() as cur:
             async with cur.begin():
                 await cur.execute(
                     "UPDATE notifications SET read_at = now() WHERE recipient_id = %s AND read_at IS NULL",

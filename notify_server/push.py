@@ -1,6 +1,6 @@
 """Push jobs: the hop from a worker (or a node's REST handler) to the nodes holding the recipients.
 
-One small interface — `enqueue(by_node)` and `consume(node_id)` — over a per-node Redis Stream
+One small interface — `enqueue(by_node)` and `read(node_id, after)` — over a per-node Redis Stream
 (`notify:push:<node_id>`), read with a blocking XREAD in batches. Not a second arq hop: arq costs about
 nine Redis round trips per job and polls; a stream costs one XADD per node per event and wakes the
 reader at once. Streams are trimmed (MAXLEN ~), expire with their node's presence, and entries older
@@ -9,15 +9,13 @@ than `push.job_expiry_s` are dropped unread (the notifications stay stored).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import orjson
-import redis.exceptions
 from redis.asyncio import Redis
 
 from notify_server.constants import PUSH_STREAM_PREFIX
@@ -48,8 +46,11 @@ class PushTransport(Protocol):
     async def enqueue(self, by_node: Mapping[str, Sequence[PushItem]]) -> None:
         """One push job per node, carrying that node's items."""
 
-    def consume(self, node_id: str) -> AsyncIterator[list[PushJob]]:
-        """This node's push jobs, in batches, as they arrive (runs until cancelled)."""
+    async def newest_id(self, node_id: str) -> bytes:
+        """Where a new reader of this node's jobs starts: after what is there now."""
+
+    async def read(self, node_id: str, after: bytes) -> tuple[bytes, list[PushJob]]:
+        """The jobs after `after` (waiting up to the read block time): (the new position, jobs)."""
 
 
 def stream_key(node_id: str) -> str:
@@ -78,7 +79,6 @@ class StreamPushTransport:
         job_expiry_s: float,
         read_batch: int = 256,
         read_block_ms: int = 1000,
-        retry_max_s: float = 2.0,
     ) -> None:
         self._redis = redis
         self._maxlen = maxlen
@@ -86,7 +86,6 @@ class StreamPushTransport:
         self._job_expiry_s = job_expiry_s
         self._read_batch = read_batch
         self._read_block_ms = read_block_ms
-        self._retry_max_s = retry_max_s
         self.dropped_expired = 0
 
     async def enqueue(self, by_node: Mapping[str, Sequence[PushItem]]) -> None:
@@ -107,43 +106,26 @@ class StreamPushTransport:
     async def delete(self, node_id: str) -> None:
         await self._redis.delete(stream_key(node_id))
 
-    async def consume(self, node_id: str) -> AsyncIterator[list[PushJob]]:
-        key = stream_key(node_id)
-        last_id = await self._last_id(key)
-        delay_s = 0.1
-        while True:
-            try:
-                response = await self._redis.xread({key: last_id}, count=self._read_batch, block=self._read_block_ms)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-                # Redis restarting: keep trying; presence is rebuilt by its refresher.
-                logger.warning("push stream read failed (%s); retrying in %.1fs", type(exc).__name__, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(self._retry_max_s, delay_s * 2)
-                continue
-            delay_s = 0.1
-            if not response:
-                continue
-            jobs: list[PushJob] = []
-            oldest_ms = (time.time() - self._job_expiry_s) * 1000
-            for _stream, entries in response:
-                for entry_id, fields in entries:
-                    last_id = entry_id
-                    if int(entry_id.split(b"-", 1)[0]) < oldest_ms:
-                        self.dropped_expired += 1
-                        continue
-                    try:
-                        jobs.append(decode_job(fields[_FIELD]))
-                    except (KeyError, ValueError, TypeError):
-                        logger.warning("dropping malformed push job %s", entry_id.decode())
-            if jobs:
-                yield jobs
-
-    async def _last_id(self, key: str) -> bytes:
+    async def newest_id(self, node_id: str) -> bytes:
         """Start after what is already in the stream: a new consumer has no backlog to replay."""
-        while True:
-            try:
-                newest = await self._redis.xrevrange(key, count=1)
-                return newest[0][0] if newest else b"0-0"
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-                logger.warning("push stream unreachable (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(0.5)
+        newest = await self._redis.xrevrange(stream_key(node_id), count=1)
+        return newest[0][0] if newest else b"0-0"
+
+    async def read(self, node_id: str, after: bytes) -> tuple[bytes, list[PushJob]]:
+        """One blocking XREAD. Entries older than job_expiry_s are skipped (counted in dropped_expired)."""
+        response = await self._redis.xread({stream_key(node_id): after}, count=self._read_batch,
+                                           block=self._read_block_ms)
+        last_id = after
+        jobs: list[PushJob] = []
+        oldest_ms = (time.time() - self._job_expiry_s) * 1000
+        for _stream, entries in response or ():
+            for entry_id, fields in entries:
+                last_id = entry_id
+                if int(entry_id.split(b"-", 1)[0]) < oldest_ms:
+                    self.dropped_expired += 1
+                    continue
+                try:
+                    jobs.append(decode_job(fields[_FIELD]))
+                except (KeyError, ValueError, TypeError):
+                    logger.warning("dropping malformed push job %s", entry_id.decode())
+        return last_id, jobs

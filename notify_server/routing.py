@@ -1,8 +1,12 @@
-"""Routing a push to the nodes that hold its users: presence lookup, then one push job per node."""
+"""Routing: "these users' frames or counts → the nodes that hold them", for the worker and for REST.
+
+Presence says which nodes hold which of the users; each node gets one push job with the items of its
+users (notify_server.push). Users held nowhere get nothing: their notifications are stored already.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from notify_server.notifications import UnreadState
 from notify_server.presence import Presence
@@ -18,12 +22,30 @@ def group_by_node(nodes: Mapping[str, Sequence[str]], items: Sequence[PushItem])
     return {node: node_items for node, node_items in grouped.items() if node_items}
 
 
-async def push_unread_counts(
-    presence: Presence, transport: PushTransport, states: Mapping[str, UnreadState]
-) -> int:
-    """Send fresh unread counts to every tab of these users on every node; returns jobs enqueued."""
-    nodes = await presence.nodes_for_users(list(states))
-    items = [PushItem(user_id, unread_count=s.count, unread_version=s.version) for user_id, s in states.items()]
-    by_node = group_by_node(nodes, items)
-    await transport.enqueue(by_node)
-    return len(by_node)
+class PushRouter:
+    def __init__(self, presence: Presence, transport: PushTransport) -> None:
+        self._presence = presence
+        self._transport = transport
+
+    async def route(self, user_ids: Collection[str], items_for: Callable[[set[str]], Sequence[PushItem]]) -> int:
+        """Push `items_for(online users)` to the nodes holding them; returns push jobs written. The items
+        are built only for users online somewhere (a 10,000-recipient event renders frames for those)."""
+        if not user_ids:
+            return 0
+        nodes = await self._presence.nodes_for_users(list(user_ids))
+        if not nodes:
+            return 0
+        online = {user_id for users in nodes.values() for user_id in users}
+        by_node = group_by_node(nodes, items_for(online))
+        await self._transport.enqueue(by_node)
+        return len(by_node)
+
+    async def push_unread_counts(self, states: Mapping[str, UnreadState]) -> int:
+        """Fresh unread counts to every tab of these users on every node."""
+        return await self.route(
+            states,
+            lambda online: [
+                PushItem(user_id, unread_count=s.count, unread_version=s.version)
+                for user_id, s in states.items() if user_id in online
+            ],
+        )

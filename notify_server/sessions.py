@@ -8,9 +8,8 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 
-import aiopg
-
 from notify_server.batching import BatchLoader
+from notify_server.db import Database
 
 TOKEN_BYTES = 32
 MAX_TOKEN_CHARS = 512  # longer inputs are not tokens; refuse them before hashing
@@ -38,14 +37,14 @@ class NewSession:
 class SessionStore:
     """Create, validate and revoke sessions. Lookups go by hash only (no token comparison in Python)."""
 
-    def __init__(self, pool: aiopg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
         # Concurrent validations (a reconnect storm) share one query per event-loop turn.
         self._by_hash: BatchLoader[str, Session | None] = BatchLoader(self.sessions_by_hash, default=None)
 
     async def create(self, user_id: str, ttl_s: int) -> NewSession:
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
+        async with self._db.connection() as conn, conn.cursor() as cur:
             await cur.execute(
                 "INSERT INTO sessions (token_hash, user_id, expires_at)"
                 " VALUES (%s, %s, now() + make_interval(secs => %s)) RETURNING expires_at",
@@ -65,7 +64,7 @@ class SessionStore:
 
     async def sessions_by_hash(self, token_hashes: Sequence[str]) -> dict[str, Session]:
         """The live sessions among these hashes (one query)."""
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
+        async with self._db.connection() as conn, conn.cursor() as cur:
             await cur.execute(
                 "SELECT token_hash, user_id, expires_at FROM sessions"
                 " WHERE token_hash = ANY(%s) AND revoked_at IS NULL AND expires_at > now()",
@@ -78,7 +77,7 @@ class SessionStore:
         """Of these hashes, the ones still valid, with their expiry (one query for a whole node)."""
         if not token_hashes:
             return {}
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
+        async with self._db.connection() as conn, conn.cursor() as cur:
             await cur.execute(
                 "SELECT token_hash, expires_at FROM sessions"
                 " WHERE token_hash = ANY(%s) AND revoked_at IS NULL AND expires_at > now()",
@@ -89,7 +88,7 @@ class SessionStore:
     async def revoke(self, token: str) -> str | None:
         """Revoke a live session; returns its hash, or None when there was none to revoke."""
         token_hash = hash_token(token)
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
+        async with self._db.connection() as conn, conn.cursor() as cur:
             await cur.execute(
                 "UPDATE sessions SET revoked_at = now() WHERE token_hash = %s AND revoked_at IS NULL RETURNING 1",
                 (token_hash,),

@@ -1,18 +1,23 @@
-"""Configuration: YAML file + NOTIFY_* environment -> marshmallow validation -> frozen dataclasses.
+"""Configuration: owns every setting (declared once, as a frozen dataclass field) and loads them.
 
-Loaded once by the CLI (or a test) and passed explicitly to the app and the worker.
+Each section is a frozen dataclass; each key is declared with `setting(default, validate=...)`.
+The marshmallow schema that checks the YAML file and the NOTIFY_* environment is derived from those
+declarations (`_schema_for`), so a key is declared in one place here and documented in config.yaml
+(tests/test_settings.py holds the two together). Loaded once by the CLI (or a test) and passed
+explicitly to the app and the worker.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
 from notify_server.constants import PRIORITIES
 from notify_server.schemas import first_error
@@ -33,99 +38,183 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the key."""
 
 
-# ---------------------------------------------------------------- dataclasses (what the code reads)
+# ---------------------------------------------------------------- how a key is declared
+
+_T = TypeVar("_T")
+_S = TypeVar("_S")
+Validator = Callable[[Any], Any]
+Validators = Validator | Sequence[Validator] | None
+
+
+def setting(default: _T, *, validate: Validators = None, item_validate: Validators = None, **options: Any) -> _T:
+    """One key of a section: its default and how a value from the file or the environment is checked.
+
+    validate: marshmallow validator(s) for the value. item_validate: validator(s) for each item of a
+    `tuple[str, ...]` key. options: any other keyword of the marshmallow field (e.g. allow_nan=True).
+    The field itself follows the annotation: int, float, str, bool or tuple[str, ...].
+    """
+    metadata = {"validate": validate, "item_validate": item_validate, "options": options}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_AFTER_LOAD: dict[type, Callable[[Any], Any]] = {}
+
+
+def after_load(section: type[_S]) -> Callable[[Callable[[_S], _S]], Callable[[_S], _S]]:
+    """Register a section's rule that spans keys (a cap, a cross check); it runs once every key is valid.
+
+    The hook gets the loaded section and returns it, changed with dataclasses.replace if need be, or
+    raises ValidationError(message, key) to refuse the config under that key's name. Like the
+    per-key checks it applies to loaded config only, not to Settings.replace().
+    """
+
+    def register(hook: Callable[[_S], _S]) -> Callable[[_S], _S]:
+        _AFTER_LOAD[section] = hook
+        return hook
+
+    return register
+
+
+_positive = validate.Range(min=0, min_inclusive=False)
+_non_negative = validate.Range(min=0)
+_port = validate.Range(min=0, max=65535)
+
+
+def _url(*schemes: str) -> Validator:
+    """Empty (not configured) or a URL with one of these schemes."""
+    prefixes = tuple(scheme + "://" for scheme in schemes)
+
+    def check(value: str) -> None:
+        if value and not value.startswith(prefixes):
+            raise ValidationError(f"must be empty or start with one of {', '.join(prefixes)}")
+
+    return check
+
+
+# ---------------------------------------------------------------- sections (what the code reads)
 
 
 @dataclasses.dataclass(frozen=True)
 class DatabaseSettings:
-    url: str = ""
-    pool_min_size: int = 1
-    pool_max_size: int = 10
+    url: str = setting("", validate=_url("postgresql", "postgres"))
+    pool_min_size: int = setting(1, validate=_non_negative)
+    pool_max_size: int = setting(10, validate=validate.Range(min=1))
+
+
+@after_load(DatabaseSettings)
+def _pool_sizes_in_order(section: DatabaseSettings) -> DatabaseSettings:
+    if section.pool_min_size > section.pool_max_size:
+        raise ValidationError("must not exceed pool_max_size", "pool_min_size")
+    return section
 
 
 @dataclasses.dataclass(frozen=True)
 class RedisSettings:
-    url: str = ""
+    url: str = setting("", validate=_url("redis", "rediss", "unix"))
 
 
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    node_id: str = ""  # empty: a random id per process
-    shutdown_timeout_s: float = 5.0
+    host: str = setting("127.0.0.1", validate=validate.Length(min=1))
+    port: int = setting(8080, validate=_port)
+    node_id: str = setting(  # empty: a random id per process
+        "", validate=validate.Regexp(r"^[A-Za-z0-9_.-]{0,64}$", error="letters, digits, _.- only")
+    )
+    shutdown_timeout_s: float = setting(5.0, validate=_positive)
 
 
 @dataclasses.dataclass(frozen=True)
 class HeartbeatSettings:
-    interval_s: float = 30.0
-    timeout_s: float = 10.0
+    interval_s: float = setting(30.0, validate=_positive)
+    timeout_s: float = setting(10.0, validate=_positive)
+
+
+@after_load(HeartbeatSettings)
+def _timeout_within_interval(section: HeartbeatSettings) -> HeartbeatSettings:
+    # The pong must come before the next ping: timeout_s is capped at interval_s (so
+    # NOTIFY_HEARTBEAT_INTERVAL_S=2 alone is enough).
+    return dataclasses.replace(section, timeout_s=min(section.timeout_s, section.interval_s))
 
 
 @dataclasses.dataclass(frozen=True)
 class SessionSettings:
-    recheck_interval_s: float = 60.0
-    default_ttl_s: int = 86400
+    recheck_interval_s: float = setting(60.0, validate=_positive)
+    default_ttl_s: int = setting(86400, validate=validate.Range(min=1))
 
 
 @dataclasses.dataclass(frozen=True)
 class WebSocketSettings:
-    allowed_origins: tuple[str, ...] = ("http://localhost:8080", "http://127.0.0.1:8080")
-    max_frame_bytes: int = 4096
+    allowed_origins: tuple[str, ...] = setting(
+        ("http://localhost:8080", "http://127.0.0.1:8080"), item_validate=validate.Length(min=1)
+    )
+    max_frame_bytes: int = setting(4096, validate=validate.Range(min=64))
+
+
+@after_load(WebSocketSettings)
+def _origins_without_trailing_slash(section: WebSocketSettings) -> WebSocketSettings:
+    # An Origin header never ends in "/": "http://host/" in the config means "http://host".
+    return dataclasses.replace(section, allowed_origins=tuple(o.rstrip("/") for o in section.allowed_origins))
 
 
 @dataclasses.dataclass(frozen=True)
 class LimitSettings:
-    max_connections_per_user: int = 20
-    send_queue_max: int = 256
-    list_max: int = 100
-    request_max_bytes: int = 16384
+    max_connections_per_user: int = setting(20, validate=validate.Range(min=1))
+    send_queue_max: int = setting(256, validate=validate.Range(min=1))
+    list_max: int = setting(100, validate=validate.Range(min=1, max=1000))
+    request_max_bytes: int = setting(16384, validate=validate.Range(min=256))
 
 
 @dataclasses.dataclass(frozen=True)
 class QueueSettings:
-    events: str = "notify:events"
+    events: str = setting("notify:events", validate=validate.Length(min=1, max=200))
 
 
 @dataclasses.dataclass(frozen=True)
 class PushSettings:
-    job_expiry_s: float = 30.0
-    stream_maxlen: int = 10000
-    read_batch: int = 256
-    read_block_ms: int = 1000
+    job_expiry_s: float = setting(30.0, validate=_positive)
+    stream_maxlen: int = setting(10000, validate=validate.Range(min=10))
+    read_batch: int = setting(256, validate=validate.Range(min=1, max=10000))
+    read_block_ms: int = setting(1000, validate=validate.Range(min=1, max=60000))
 
 
 @dataclasses.dataclass(frozen=True)
 class PresenceSettings:
-    ttl_s: int = 30
-    refresh_interval_s: float = 10.0
+    ttl_s: int = setting(30, validate=validate.Range(min=1))
+    refresh_interval_s: float = setting(10.0, validate=_positive)
+
+
+@after_load(PresenceSettings)
+def _refresh_well_within_ttl(section: PresenceSettings) -> PresenceSettings:
+    # A refresh slower than the expiry would let live users look offline between refreshes:
+    # cap it at a third of the TTL (so NOTIFY_PRESENCE_TTL_S=5 alone is enough).
+    return dataclasses.replace(section, refresh_interval_s=min(section.refresh_interval_s, section.ttl_s / 3))
 
 
 @dataclasses.dataclass(frozen=True)
 class RecoverySettings:
-    max_replay: int = 100
+    max_replay: int = setting(100, validate=validate.Range(min=0, max=10000))
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkerSettingsConfig:
-    poll_delay_s: float = 0.25
-    batch_max: int = 200
-    max_jobs: int = 50
-    job_timeout_s: float = 60.0
-    max_tries: int = 20
-    retry_backoff_max_s: float = 60.0
-    metrics_port: int = 0  # 0: no metrics endpoint
+    poll_delay_s: float = setting(0.25, validate=_positive)
+    batch_max: int = setting(200, validate=validate.Range(min=1, max=5000))
+    max_jobs: int = setting(50, validate=validate.Range(min=1))
+    job_timeout_s: float = setting(60.0, validate=_positive)
+    max_tries: int = setting(20, validate=validate.Range(min=1))
+    retry_backoff_max_s: float = setting(60.0, validate=_positive)
+    metrics_port: int = setting(0, validate=_port)  # 0: no metrics endpoint
 
 
 @dataclasses.dataclass(frozen=True)
 class LogSettings:
-    level: str = "INFO"
-    format: str = "text"
+    level: str = setting("INFO", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))
+    format: str = setting("text", validate=validate.OneOf(["text", "json"]))
 
 
 @dataclasses.dataclass(frozen=True)
 class DevSettings:
-    data_dir: str = ".notify-dev"
+    data_dir: str = setting(".notify-dev", validate=validate.Length(min=1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,151 +248,60 @@ class Settings:
             raise ConfigError("redis.url is empty: set it in the config or NOTIFY_REDIS_URL")
 
 
-# ---------------------------------------------------------------- schemas (what the file may say)
+# ---------------------------------------------------------------- schemas (derived: what the file may say)
 
-_positive = validate.Range(min=0, min_inclusive=False)
-_non_negative = validate.Range(min=0)
+_SCALAR_FIELDS: dict[object, type[fields.Field]] = {
+    int: fields.Integer,
+    float: fields.Float,
+    str: fields.String,
+    bool: fields.Boolean,
+}
+
+
+def _field_for(section: type, key: dataclasses.Field[Any], annotation: object) -> fields.Field:
+    """The marshmallow field that checks one key, from its annotation and its setting(...) metadata."""
+    where, meta = f"{section.__name__}.{key.name}", key.metadata
+    options = {"validate": meta.get("validate"), **meta.get("options", {})}
+    if annotation == tuple[str, ...]:
+        return fields.List(fields.String(validate=meta.get("item_validate")), **options)
+    if meta.get("item_validate") is not None:
+        raise TypeError(f"{where}: item_validate is for tuple[str, ...] settings only")
+    if annotation in _SCALAR_FIELDS:
+        return _SCALAR_FIELDS[annotation](**options)
+    raise TypeError(f"{where}: a setting is an int, float, str, bool or tuple[str, ...], not {annotation!r}")
 
 
 class _Section(Schema):
+    """Base of the derived schemas: unknown keys refused, the result is the section's dataclass."""
+
     class Meta:
         unknown = RAISE
 
-    dataclass: type = object
+    section: type = object
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> Any:
-        return self.dataclass(**data)
+        # YAML and the environment give lists; the frozen dataclasses hold tuples.
+        values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+        made = self.section(**values)
+        hook = _AFTER_LOAD.get(self.section)
+        return made if hook is None else hook(made)
 
 
-def _url(schemes: tuple[str, ...]) -> validate.Validator:
-    def check(value: str) -> None:
-        if value and not value.startswith(tuple(s + "://" for s in schemes)):
-            raise ValidationError(f"must be empty or start with one of {', '.join(s + '://' for s in schemes)}")
-
-    return check
-
-
-class DatabaseSchema(_Section):
-    dataclass = DatabaseSettings
-    url = fields.String(validate=_url(("postgresql", "postgres")))
-    pool_min_size = fields.Integer(validate=_non_negative)
-    pool_max_size = fields.Integer(validate=validate.Range(min=1))
-
-    @validates_schema
-    def _sizes(self, data: dict[str, Any], **_: Any) -> None:
-        low = data.get("pool_min_size", DatabaseSettings.pool_min_size)
-        high = data.get("pool_max_size", DatabaseSettings.pool_max_size)
-        if low > high:
-            raise ValidationError("must not exceed pool_max_size", "pool_min_size")
+def _schema_for(section: type) -> type[_Section]:
+    """A schema with one field per dataclass field, in declaration order (the first error reported)."""
+    hints = typing.get_type_hints(section)
+    declared = {key.name: _field_for(section, key, hints[key.name]) for key in dataclasses.fields(section)}
+    schema = typing.cast(type[_Section], _Section.from_dict(declared, name=section.__name__ + "Schema"))
+    schema.section = section
+    return schema
 
 
-class RedisSchema(_Section):
-    dataclass = RedisSettings
-    url = fields.String(validate=_url(("redis", "rediss", "unix")))
-
-
-class ServerSchema(_Section):
-    dataclass = ServerSettings
-    host = fields.String(validate=validate.Length(min=1))
-    port = fields.Integer(validate=validate.Range(min=0, max=65535))
-    node_id = fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{0,64}$", error="letters, digits, _.- only"))
-    shutdown_timeout_s = fields.Float(validate=_positive)
-
-
-class HeartbeatSchema(_Section):
-    dataclass = HeartbeatSettings
-    interval_s = fields.Float(validate=_positive)
-    timeout_s = fields.Float(validate=_positive)
-
-    @post_load
-    def _make(self, data: dict[str, Any], **_: Any) -> Any:
-        # The pong must come before the next ping: timeout_s is capped at interval_s (so
-        # NOTIFY_HEARTBEAT_INTERVAL_S=2 alone is enough).
-        interval = data.get("interval_s", HeartbeatSettings.interval_s)
-        data["timeout_s"] = min(data.get("timeout_s", HeartbeatSettings.timeout_s), interval)
-        return HeartbeatSettings(**data)
-
-
-class SessionSchema(_Section):
-    dataclass = SessionSettings
-    recheck_interval_s = fields.Float(validate=_positive)
-    default_ttl_s = fields.Integer(validate=validate.Range(min=1))
-
-
-class WebSocketSchema(_Section):
-    dataclass = WebSocketSettings
-    allowed_origins = fields.List(fields.String(validate=validate.Length(min=1)))
-    max_frame_bytes = fields.Integer(validate=validate.Range(min=64))
-
-    @post_load
-    def _make(self, data: dict[str, Any], **_: Any) -> Any:
-        if "allowed_origins" in data:
-            data["allowed_origins"] = tuple(o.rstrip("/") for o in data["allowed_origins"])
-        return WebSocketSettings(**data)
-
-
-class LimitSchema(_Section):
-    dataclass = LimitSettings
-    max_connections_per_user = fields.Integer(validate=validate.Range(min=1))
-    send_queue_max = fields.Integer(validate=validate.Range(min=1))
-    list_max = fields.Integer(validate=validate.Range(min=1, max=1000))
-    request_max_bytes = fields.Integer(validate=validate.Range(min=256))
-
-
-class QueueSchema(_Section):
-    dataclass = QueueSettings
-    events = fields.String(validate=validate.Length(min=1, max=200))
-
-
-class PushSchema(_Section):
-    dataclass = PushSettings
-    job_expiry_s = fields.Float(validate=_positive)
-    stream_maxlen = fields.Integer(validate=validate.Range(min=10))
-    read_batch = fields.Integer(validate=validate.Range(min=1, max=10000))
-    read_block_ms = fields.Integer(validate=validate.Range(min=1, max=60000))
-
-
-class PresenceSchema(_Section):
-    dataclass = PresenceSettings
-    ttl_s = fields.Integer(validate=validate.Range(min=1))
-    refresh_interval_s = fields.Float(validate=_positive)
-
-    @post_load
-    def _make(self, data: dict[str, Any], **_: Any) -> Any:
-        # A refresh slower than the expiry would let live users look offline between refreshes:
-        # cap it at a third of the TTL (so NOTIFY_PRESENCE_TTL_S=5 alone is enough).
-        ttl = data.get("ttl_s", PresenceSettings.ttl_s)
-        refresh = data.get("refresh_interval_s", PresenceSettings.refresh_interval_s)
-        data["refresh_interval_s"] = min(refresh, ttl / 3)
-        return PresenceSettings(**data)
-
-
-class RecoverySchema(_Section):
-    dataclass = RecoverySettings
-    max_replay = fields.Integer(validate=validate.Range(min=0, max=10000))
-
-
-class WorkerSchema(_Section):
-    dataclass = WorkerSettingsConfig
-    poll_delay_s = fields.Float(validate=_positive)
-    batch_max = fields.Integer(validate=validate.Range(min=1, max=5000))
-    max_jobs = fields.Integer(validate=validate.Range(min=1))
-    job_timeout_s = fields.Float(validate=_positive)
-    max_tries = fields.Integer(validate=validate.Range(min=1))
-    retry_backoff_max_s = fields.Float(validate=_positive)
-    metrics_port = fields.Integer(validate=validate.Range(min=0, max=65535))
-
-
-class LogSchema(_Section):
-    dataclass = LogSettings
-    level = fields.String(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))
-    format = fields.String(validate=validate.OneOf(["text", "json"]))
-
-
-class DevSchema(_Section):
-    dataclass = DevSettings
-    data_dir = fields.String(validate=validate.Length(min=1))
+SECTION_SCHEMAS: dict[str, type[_Section]] = {
+    key.name: _schema_for(typing.get_type_hints(Settings)[key.name])
+    for key in dataclasses.fields(Settings)
+    if key.name != "templates"
+}
 
 
 class TemplateSchema(Schema):
@@ -316,25 +314,8 @@ class TemplateSchema(Schema):
     action_url = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
 
 
-SECTION_SCHEMAS: dict[str, type[_Section]] = {
-    "database": DatabaseSchema,
-    "redis": RedisSchema,
-    "server": ServerSchema,
-    "heartbeat": HeartbeatSchema,
-    "session": SessionSchema,
-    "websocket": WebSocketSchema,
-    "limits": LimitSchema,
-    "queues": QueueSchema,
-    "push": PushSchema,
-    "presence": PresenceSchema,
-    "recovery": RecoverySchema,
-    "worker": WorkerSchema,
-    "log": LogSchema,
-    "dev": DevSchema,
-}
-
-
 # ---------------------------------------------------------------- loading
+
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from aiohttp import WSMsgType, web
 
 from notify_server import appkeys
-from notify_server.constants import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
+from notify_server.constants import CLOSE_ABNORMAL, CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
 from notify_server.frames import RESYNC_FRAME, notification_frame, unread_count_frame
 from notify_server.notifications import NotificationRepository, UnknownCursor
 from notify_server.origins import origin_allowed
-from notify_server.stores import STORE_ERRORS
+from notify_server.stores import describe, unavailable
 
 logger = logging.getLogger("notify.ws")
 
@@ -74,8 +73,10 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
 
     try:
         session = await app[appkeys.SESSIONS].validate(token_from_request(request))
-    except STORE_ERRORS as exc:
-        logger.warning("session store unreachable (%s): closing with %d", type(exc).__name__, CLOSE_TRY_AGAIN)
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        logger.warning("session store unreachable (%s): closing with %d", describe(exc), CLOSE_TRY_AGAIN)
         metrics.disconnects.labels(str(CLOSE_TRY_AGAIN)).inc()
         await ws.close(code=CLOSE_TRY_AGAIN, message=b"try again later")
         return ws
@@ -93,27 +94,33 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
 
     # Registered (and present) before anything is read from the store, so nothing stored from now on
     # is missed; frames pushed meanwhile wait behind the first frames (count, then any catch-up).
-    state = await manager.register_connection(session.user_id, ws, session_hash=session.token_hash, hold=True)
-    state.transport = request.transport
-    metrics.connects.inc()
+    closed_with: int | None = None
     try:
-        app[appkeys.SESSION_WATCHER].watch(ws, state, session.expires_at)
+        await manager.register_connection(session.user_id, ws, session_hash=session.token_hash, hold=True,
+                                          transport=request.transport)
+        metrics.connects.inc()
+        app[appkeys.SESSION_WATCHER].watch(ws, session.expires_at)
         try:
             await send_first_frames(request, ws, session.user_id)
-        except STORE_ERRORS as exc:
-            logger.warning("store unreachable while connecting (%s): closing with %d",
-                           type(exc).__name__, CLOSE_TRY_AGAIN)
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            logger.warning("store unreachable while connecting (%s): closing with %d", describe(exc),
+                           CLOSE_TRY_AGAIN)
+            closed_with = CLOSE_TRY_AGAIN
             await ws.close(code=CLOSE_TRY_AGAIN, message=b"try again later")
             return ws
         async for message in ws:
             if message.type is WSMsgType.PONG:
-                state.last_pong_at = time.monotonic()
+                manager.record_pong(ws)
             elif message.type is WSMsgType.PING:
                 await ws.pong(message.data)
             elif message.type is WSMsgType.ERROR:
                 break
             # Text and binary frames from clients carry nothing we need: read (size-limited) and ignored.
     finally:
-        metrics.disconnects.labels(str(state.close_code or ws.close_code or 1006)).inc()
+        state = manager.state_of(ws)
+        code = closed_with or (state.close_code if state else None) or ws.close_code or CLOSE_ABNORMAL
+        metrics.disconnects.labels(str(code)).inc()
         await manager.remove_connection(session.user_id, ws)
     return ws

@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiopg
 import psycopg2
 import pytest
 import redis
 from redis.asyncio import Redis
 
-from notify_server.db import close_pool, create_pool
+from notify_server.db import Database
 from notify_server.notifications import NotificationRepository
 from notify_server.sessions import SessionStore
 from notify_server.settings import Settings, load_settings
@@ -69,9 +70,19 @@ def settings(database_url: str, redis_url: str, clean_stores: None) -> Settings:
 
 @pytest.fixture
 async def db_pool(settings: Settings) -> AsyncIterator[Any]:
-    pool = await create_pool(settings.database)
+    """A plain aiopg pool, for the tests' own SQL."""
+    pool = await aiopg.create_pool(settings.database.url, minsize=1, maxsize=5)
     yield pool
-    await close_pool(pool)
+    pool.close()
+    await pool.wait_closed()
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    """The service's own Database (what the repositories run on)."""
+    database = Database(settings.database)
+    yield database
+    await database.close()
 
 
 @pytest.fixture
@@ -82,13 +93,13 @@ async def redis_client(settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-def sessions(db_pool: Any) -> SessionStore:
-    return SessionStore(db_pool)
+def sessions(db: Database) -> SessionStore:
+    return SessionStore(db)
 
 
 @pytest.fixture
-def repository(db_pool: Any) -> NotificationRepository:
-    return NotificationRepository(db_pool)
+def repository(db: Database) -> NotificationRepository:
+    return NotificationRepository(db)
 
 
 @pytest.fixture

@@ -163,7 +163,7 @@ async def connect_and_count(client: TestClient, token: str, **kwargs: Any) -> tu
 async def assert_nothing_arrives(ws: ClientWebSocketResponse, timeout_s: float = 0.5) -> None:
     try:
         message = await ws.receive(timeout=timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return
     raise AssertionError(f"expected nothing, got {message.type!r} {message.data!r}")
 
@@ -181,7 +181,7 @@ async def expect_close(ws: ClientWebSocketResponse, code: int, timeout_s: float 
             raise AssertionError(f"socket not closed within {timeout_s}s (expected {code})")
         try:
             message = await ws.receive(timeout=remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"socket not closed within {timeout_s}s (expected {code})") from None
         if message.type is WSMsgType.CLOSE:
             assert message.data == code, f"server closed with {message.data} {message.extra!r}, expected {code}"
@@ -200,7 +200,7 @@ async def expect_dropped(ws: ClientWebSocketResponse, timeout_s: float = CLOSE_T
             raise AssertionError(f"connection still open after {timeout_s}s")
         try:
             message = await ws.receive(timeout=remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"connection still open after {timeout_s}s") from None
         if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from notify_server.settings import Settings
 from workers.consumer import EventConsumer
-from workers.settings import build_worker
+from workers.context import CTX_KEY, WorkerContext
 
 
 async def run_worker_burst(settings: Settings, **overrides: Any) -> EventConsumer:
     """Run the real worker (the batched consumer) until the event queue is empty, then close it;
     returns it for its counters (jobs_complete, jobs_failed, jobs_retried)."""
-    options: dict[str, Any] = {"burst": True, "poll_delay": 0, "handle_signals": False, "max_tries": 5}
+    options: dict[str, Any] = {"burst": True, "poll_delay": 0, "handle_signals": False}
     options.update(overrides)
-    worker = build_worker(settings, **options)
+    worker = EventConsumer(settings, **options)
     try:
         await worker.main()
     finally:
         await worker.close()
     return worker
+
+
+@asynccontextmanager
+async def arq_job_ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    """The ctx arq's own Worker hands `process_event` (built as workers.settings' startup builds it)."""
+    context = WorkerContext.build(settings)
+    try:
+        yield {CTX_KEY: context, "job_try": 1}
+    finally:
+        await context.close()

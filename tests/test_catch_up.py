@@ -23,14 +23,12 @@ from redis.asyncio import Redis
 from notify_server.app import create_app
 from notify_server.frames import notification_frame
 from notify_server.notifications import NotificationRepository
-from notify_server.producer import arq_pool, enqueue_event
+from notify_server.producer import enqueue_event
 from notify_server.push import PushItem, StreamPushTransport
 from notify_server.sessions import SessionStore
 from notify_server.settings import Settings
-from tests.helpers import run_worker_burst
-from workers import context
+from tests.helpers import arq_job_ctx, run_worker_burst
 from workers.jobs import process_event
-from workers.settings import shutdown, startup
 
 WS_PATH = "/ws/notifications"
 RESYNC = {"type": "resync", "data": {}}
@@ -46,14 +44,10 @@ def event(event_id: str, *users: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def ctx(settings: Settings, redis_client: Redis) -> AsyncIterator[dict[str, Any]]:
-    """The ctx a real worker hands `process_event`, built by the worker's own startup."""
-    worker_ctx: dict[str, Any] = {context.SETTINGS: settings, context.REDIS: arq_pool(redis_client), "job_try": 1}
-    await startup(worker_ctx)
-    try:
-        yield worker_ctx
-    finally:
-        await shutdown(worker_ctx)
+async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    """The ctx arq's own Worker hands `process_event`."""
+    async with arq_job_ctx(settings) as job_ctx:
+        yield job_ctx
 
 
 async def emit(ctx: dict[str, Any], event_id: str, *users: str) -> None:
@@ -211,7 +205,7 @@ async def test_catch_up_has_no_duplicate_and_no_gap_while_events_keep_arriving(
 
 async def test_a_notification_replayed_by_catch_up_is_not_pushed_again_afterwards(
     aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: dict[str, Any], db_pool: Any,
-    redis_client: Redis,
+    redis_client: Redis, repository: NotificationRepository,
 ) -> None:
     """A worker commits, then looks up presence and writes the push job. A reconnect whose catch-up runs
     between the two replays the notification, and the push then arrives as well. Here the event is
@@ -222,7 +216,6 @@ async def test_a_notification_replayed_by_catch_up_is_not_pushed_again_afterward
     await emit(ctx, "seen", "alice")
     [since] = await stored_ids(db_pool, "alice")
     await emit(ctx, "in-flight", "alice")  # committed; alice is offline, so not pushed (yet)
-    repository = NotificationRepository(db_pool)
     [in_flight] = await repository.list_since("alice", since, limit=10)
     unread = await repository.unread_state("alice")
 

@@ -36,7 +36,7 @@ async def test_register_connection_adds_the_socket_to_the_map() -> None:
 
     assert manager.connections == {"u1": {ws}}
     assert state.user_id == "u1" and state.session_hash == "h1"
-    assert manager.states[ws] is state
+    assert manager.state_of(ws) is state
 
 
 async def test_register_connection_supports_several_connections_per_user() -> None:
@@ -62,7 +62,7 @@ async def test_remove_connection_removes_only_that_socket() -> None:
     await manager.remove_connection("u1", first)
 
     assert manager.connections == {"u1": {second}}
-    assert first not in manager.states
+    assert manager.state_of(first) is None
 
 
 async def test_remove_connection_drops_the_user_when_the_last_socket_goes() -> None:
@@ -74,7 +74,7 @@ async def test_remove_connection_drops_the_user_when_the_last_socket_goes() -> N
     await manager.remove_connection("u1", ws)  # every path out of a handler may call it again
 
     assert "u1" not in manager.connections
-    assert manager.states == {}
+    assert manager.connection_count == 0
 
 
 async def test_presence_hooks_run_on_first_and_last_connection_only() -> None:
@@ -323,7 +323,7 @@ async def test_remove_connection_stops_a_pending_writer() -> None:
     await settle()
 
     assert stuck.sent == []
-    assert manager.connections == {} and manager.states == {}
+    assert manager.connections == {} and manager.connection_count == 0
 
 
 async def test_close_all_closes_every_socket_with_the_code() -> None:

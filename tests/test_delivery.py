@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -25,8 +26,8 @@ from tests.fakes import (
     connect_and_count,
     expect_close,
     receive_frame,
-    receive_unread_count,
     receive_raw,
+    receive_unread_count,
     start_node,
     wait_until,
     wait_until_async,
@@ -218,11 +219,20 @@ async def test_a_retried_event_is_not_pushed_twice(
 # ---------------------------------------------------------------- push streams
 
 
+async def read_jobs(transport: StreamPushTransport, node_id: str) -> AsyncIterator[list[PushJob]]:
+    """The node's read loop (notify_server.delivery.PushConsumer) as an iterator of non-empty batches."""
+    last_id = await transport.newest_id(node_id)
+    while True:
+        last_id, jobs = await transport.read(node_id, last_id)
+        if jobs:
+            yield jobs
+
+
 async def test_push_stream_drops_entries_older_than_job_expiry(redis_client: Redis, settings: Settings) -> None:
     expiry_s = 0.2
     producer = StreamPushTransport(redis_client, maxlen=100, stream_ttl_s=60, job_expiry_s=30)
     consumer = StreamPushTransport(redis_client, maxlen=100, stream_ttl_s=60, job_expiry_s=expiry_s, read_block_ms=50)
-    jobs = consumer.consume("n1")
+    jobs = read_jobs(consumer, "n1")
     # The consumer starts after what the stream holds; probe until it is reading.
     first = asyncio.ensure_future(anext(jobs))
     while not first.done():
@@ -244,7 +254,7 @@ async def test_push_stream_drops_entries_older_than_job_expiry(redis_client: Red
 
 async def test_push_stream_drops_an_entry_written_with_an_old_id(redis_client: Redis, settings: Settings) -> None:
     transport = StreamPushTransport(redis_client, maxlen=100, stream_ttl_s=60, job_expiry_s=30, read_block_ms=50)
-    jobs = transport.consume("n1")
+    jobs = read_jobs(transport, "n1")
     next_batch = asyncio.ensure_future(anext(jobs))
     db = int(redis_client.connection_pool.connection_kwargs.get("db", 0))
 

@@ -36,7 +36,7 @@ async def test_heartbeat_drops_a_client_that_never_answers_pings_and_keeps_one_t
     # timeout: aiohttp restarts it after every ping it answers.)
     try:
         message = await asyncio.wait_for(answering_ws.receive(), 4 * INTERVAL_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     else:
         raise AssertionError(f"the answering client got {message.type!r} {message.data!r}")

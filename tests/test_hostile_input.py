@@ -36,13 +36,11 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from notify_server.producer import arq_pool
 from notify_server.sessions import SessionStore
 from notify_server.settings import Settings
+from tests.helpers import arq_job_ctx
 from tests.processes import REPO_ROOT, Process, free_port
-from workers import context
 from workers.jobs import process_event
-from workers.settings import shutdown, startup
 
 MAX_FRAME_BYTES = 4096  # config.yaml's websocket.max_frame_bytes
 REQUEST_MAX_BYTES = 16384  # config.yaml's limits.request_max_bytes
@@ -409,13 +407,10 @@ async def test_a_flood_of_ten_thousand_small_frames_leaves_other_users_unaffecte
 
 
 @pytest.fixture
-async def ctx(settings: Settings, redis_client: Redis) -> AsyncIterator[dict[str, Any]]:
-    worker_ctx: dict[str, Any] = {context.SETTINGS: settings, context.REDIS: arq_pool(redis_client), "job_try": 1}
-    await startup(worker_ctx)
-    try:
-        yield worker_ctx
-    finally:
-        await shutdown(worker_ctx)
+async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    """The ctx arq's own Worker hands `process_event`."""
+    async with arq_job_ctx(settings) as job_ctx:
+        yield job_ctx
 
 
 INJECTIONS = [

@@ -128,10 +128,10 @@ async def test_worker_serves_its_metrics_on_its_own_port(settings: Settings, red
     import aiohttp
 
     from tests.processes import free_port
-    from workers.settings import build_worker
+    from workers.consumer import EventConsumer
 
     port = free_port()
-    worker = build_worker(settings, poll_delay=0.01, handle_signals=False, metrics_port=port)
+    worker = EventConsumer(settings, poll_delay=0.01, handle_signals=False, metrics_port=port)
     running = asyncio.get_running_loop().create_task(worker.main())
     try:
         await enqueue_event(redis_client, {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -19,13 +18,12 @@ from arq.jobs import Job
 from redis.asyncio import Redis
 
 from notify_server.constants import JOB_PROCESS_EVENT
+from notify_server.jobcodec import arq_deserializer
 from notify_server.notifications import NotificationRepository
-from notify_server.producer import arq_pool, deserialize_job, enqueue_event
+from notify_server.producer import arq_pool, enqueue_event
 from notify_server.settings import Settings
-from tests.helpers import run_worker_burst
-from workers import context
+from tests.helpers import arq_job_ctx, run_worker_burst
 from workers.jobs import process_event
-from workers.settings import shutdown, startup
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/x"
 
@@ -64,7 +62,7 @@ async def row_count(pool: Any) -> int:
 
 
 def job(redis_client: Redis, settings: Settings, job_id: str) -> Job:
-    return Job(job_id, arq_pool(redis_client), _queue_name=settings.queues.events, _deserializer=deserialize_job)
+    return Job(job_id, arq_pool(redis_client), _queue_name=settings.queues.events, _deserializer=arq_deserializer)
 
 
 async def job_result(redis_client: Redis, settings: Settings, job_id: str) -> Any:
@@ -83,29 +81,18 @@ async def enqueue_raw(redis_client: Redis, settings: Settings, payload: Any, job
     assert queued is not None
 
 
-@asynccontextmanager
-async def worker_ctx(settings: Settings, redis_client: Redis) -> AsyncIterator[dict[str, Any]]:
-    """The ctx a real worker hands its jobs, built by the worker's own startup (and shut down after)."""
-    ctx: dict[str, Any] = {context.SETTINGS: settings, context.REDIS: arq_pool(redis_client), "job_try": 1}
-    await startup(ctx)
-    try:
-        yield ctx
-    finally:
-        await shutdown(ctx)
+@pytest.fixture
+async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    async with arq_job_ctx(settings) as job_ctx:
+        yield job_ctx
 
 
 @pytest.fixture
-async def ctx(settings: Settings, redis_client: Redis) -> AsyncIterator[dict[str, Any]]:
-    async with worker_ctx(settings, redis_client) as ctx:
-        yield ctx
-
-
-@pytest.fixture
-async def unreachable_ctx(settings: Settings, redis_client: Redis) -> AsyncIterator[dict[str, Any]]:
+async def unreachable_ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     """A worker ctx whose Postgres refuses connections (a real pool, pointed at a closed port)."""
     broken = settings.replace(database={"url": UNREACHABLE_DATABASE_URL, "pool_min_size": 0})
-    async with worker_ctx(broken, redis_client) as ctx:
-        yield ctx
+    async with arq_job_ctx(broken) as job_ctx:
+        yield job_ctx
 
 
 # ---------------------------------------------------------------- stored and rendered

@@ -5,11 +5,15 @@ Every test passes `environ=` explicitly so the real environment cannot leak in.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from notify_server.settings import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings
+from notify_server.settings import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings, settings_from_mapping
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 
@@ -330,3 +334,119 @@ def test_replace_changes_only_the_named_keys() -> None:
 def test_require_services_names_the_variable_to_set(environ: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_repo_config(**environ).require_services()
+
+
+# ---------------------------------------------------------------- the schema derived from the dataclasses
+
+
+BAD_VALUES: list[tuple[dict[str, Any], dict[str, str], str]] = [
+    # (file, environment, the one message: the same as the hand-written schemas gave)
+    ({"heartbeat": {"interval_s": "soon"}}, {}, "heartbeat.interval_s: Not a valid number."),
+    ({"heartbeat": {"interval_s": 0}}, {}, "heartbeat.interval_s: Must be greater than 0."),
+    ({"heartbeat": {"interval_s": None}}, {}, "heartbeat.interval_s: Field may not be null."),
+    ({}, {"NOTIFY_HEARTBEAT_INTERVAL_S": "nan"},
+     "heartbeat.interval_s: Special numeric values (nan or infinity) are not permitted."),
+    ({"server": {"port": "abc"}}, {}, "server.port: Not a valid integer."),
+    ({}, {"NOTIFY_PORT": "70000"},
+     "server.port: Must be greater than or equal to 0 and less than or equal to 65535."),
+    ({}, {"NOTIFY_SERVER_NODE_ID": "a b/c"}, "server.node_id: letters, digits, _.- only"),
+    ({"server": {"colour": "blue"}}, {}, "server.colour: Unknown field."),
+    ({"limits": {"send_queue_max": "many"}}, {}, "limits.send_queue_max: Not a valid integer."),
+    ({}, {"NOTIFY_LIMITS_SEND_QUEUE_MAX": "1.5"}, "limits.send_queue_max: Not a valid integer."),
+    ({}, {"NOTIFY_LIMITS_LIST_MAX": "100000"},
+     "limits.list_max: Must be greater than or equal to 1 and less than or equal to 1000."),
+    ({}, {"NOTIFY_PRESENCE_TTL_S": "2.5"}, "presence.ttl_s: Not a valid integer."),
+    ({"queues": {"events": 5}}, {}, "queues.events: Not a valid string."),
+    ({}, {"NOTIFY_QUEUES_EVENTS": ""}, "queues.events: Length must be between 1 and 200."),
+    ({"log": {"level": "LOUD"}}, {}, "log.level: Must be one of: DEBUG, INFO, WARNING, ERROR."),
+    ({"websocket": {"allowed_origins": "http://one"}}, {}, "websocket.allowed_origins: Not a valid list."),
+    ({}, {"NOTIFY_WEBSOCKET_ALLOWED_ORIGINS": "[1, 2]"}, "websocket.allowed_origins.0: Not a valid string."),
+    ({"websocket": {"max_frame_bytes": 10}}, {}, "websocket.max_frame_bytes: Must be greater than or equal to 64."),
+    ({}, {"NOTIFY_DATABASE_URL": "mysql://x/y"},
+     "database.url: must be empty or start with one of postgresql://, postgres://"),
+    ({"database": {"pool_min_size": 5}}, {"NOTIFY_DATABASE_POOL_MAX_SIZE": "4"},
+     "database.pool_min_size: must not exceed pool_max_size"),
+]
+
+
+@pytest.mark.parametrize(("raw", "environ", "message"), BAD_VALUES, ids=[case[2] for case in BAD_VALUES])
+def test_derived_schema_refuses_bad_values_with_the_same_messages(
+    raw: dict[str, Any], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_mapping(raw, environ)
+
+    assert str(caught.value) == message
+
+
+def test_derived_schema_loads_tuples_and_applies_the_section_rules() -> None:
+    settings = settings_from_mapping(
+        {"websocket": {"allowed_origins": ["http://a.example/", "http://b.example"]}, "presence": {"ttl_s": 3}},
+        {"NOTIFY_HEARTBEAT_TIMEOUT_S": "99"},
+    )
+
+    assert settings.websocket.allowed_origins == ("http://a.example", "http://b.example")
+    assert settings.presence.refresh_interval_s == 1
+    assert settings.heartbeat.timeout_s == settings.heartbeat.interval_s == 30
+
+
+# ---------------------------------------------------------------- config.yaml documents every key
+
+UNITS = {"_ms": "milliseconds", "_bytes": "bytes", "_s": "seconds"}  # key suffix -> word its comment uses
+
+
+def every_key() -> list[Any]:
+    """pytest params (section, key, dataclass default) for every setting."""
+    defaults = Settings()
+    return [
+        pytest.param(section.name, key.name, key.default, id=f"{section.name}.{key.name}")
+        for section in dataclasses.fields(Settings)
+        if section.name != "templates"
+        for key in dataclasses.fields(getattr(defaults, section.name))
+    ]
+
+
+def comments_above_keys(text: str) -> dict[tuple[str, str], str]:
+    """{(section, key): the comment lines right above the key, joined} from config.yaml's text."""
+    found: dict[tuple[str, str], str] = {}
+    section, comment = "", []
+    for line in text.splitlines():
+        if match := re.fullmatch(r"(\w+):.*", line):
+            section, comment = match[1], []
+        elif match := re.fullmatch(r"  #\s?(.*)", line):
+            comment.append(match[1])
+        elif match := re.fullmatch(r"  (\w+):.*", line):
+            found[(section, match[1])] = " ".join(comment)
+            comment = []
+        else:
+            comment = []
+    return found
+
+
+def documented_default(value: object) -> str:
+    """A default as config.yaml's comments write it: 5 (not 5.0), empty, a list as `a, b`."""
+    if isinstance(value, tuple):
+        return ", ".join(documented_default(item) for item in value) or "empty"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value) if value != "" else "empty"
+
+
+REPO_COMMENTS = comments_above_keys(REPO_CONFIG.read_text(encoding="utf-8"))
+REPO_VALUES = yaml.safe_load(REPO_CONFIG.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(("section", "key", "default"), every_key())
+def test_config_yaml_documents_every_key_with_its_default(section: str, key: str, default: Any) -> None:
+    assert (section, key) in REPO_COMMENTS, f"{section}.{key} is not in config.yaml"
+    comment = REPO_COMMENTS[(section, key)]
+
+    stated = re.escape(f"Default: {documented_default(default)}")
+    assert re.search(stated + r"(?=[.,;)]?(\s|$))", comment), f"{section}.{key}: comment {comment!r}"
+    unit = next((word for suffix, word in UNITS.items() if key.endswith(suffix)), None)
+    if unit:
+        assert re.search(rf"\b{unit}\b", comment, re.IGNORECASE), f"{section}.{key}: no {unit} in {comment!r}"
+    written = REPO_VALUES[section][key]
+    assert (tuple(written) if isinstance(written, list) else written) == default, f"{section}.{key}: {written!r}"

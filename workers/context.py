@@ -1,9 +1,71 @@
-"""Keys of the arq job context (`ctx`) that startup fills and jobs read."""
+"""What the event pipeline runs with: one typed object, built from the settings, shared by both engines.
 
-SETTINGS = "notify_settings"  # notify_server.settings.Settings
-DB_POOL = "notify_db_pool"  # aiopg.Pool
-NOTIFICATIONS = "notify_notifications"  # NotificationRepository
-REDIS = "redis"  # arq's own ArqRedis (a redis.asyncio.Redis), reused for push streams and presence
-PRESENCE = "notify_presence"  # notify_server.presence.Presence
-PUSH = "notify_push"  # notify_server.push.StreamPushTransport
-METRICS = "notify_metrics"  # notify_server.metrics.WorkerMetrics
+`notify-server worker` (workers/consumer.py) holds one; the plain arq worker keeps it in arq's `ctx`
+under CTX_KEY (workers/settings.py). Building it connects nothing: pools open on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from redis.asyncio import Redis
+
+from notify_server.db import Database
+from notify_server.eventqueue import EventQueue, RetryPolicy
+from notify_server.metrics import WorkerMetrics
+from notify_server.notifications import NotificationRepository
+from notify_server.presence import Presence
+from notify_server.push import StreamPushTransport
+from notify_server.routing import PushRouter
+from notify_server.settings import Settings
+
+CTX_KEY = "notify"  # arq's ctx[CTX_KEY] is the WorkerContext
+
+
+@dataclasses.dataclass(eq=False)
+class WorkerContext:
+    settings: Settings
+    redis: Redis
+    db: Database
+    notifications: NotificationRepository
+    router: PushRouter
+    queue: EventQueue
+    policy: RetryPolicy
+    metrics: WorkerMetrics
+
+    @classmethod
+    def build(
+        cls, settings: Settings, *, redis: Redis | None = None, metrics: WorkerMetrics | None = None
+    ) -> WorkerContext:
+        settings.require_services()
+        client = redis if redis is not None else Redis.from_url(settings.redis.url, health_check_interval=30)
+        db = Database(settings.database)
+        transport = StreamPushTransport(
+            client,
+            maxlen=settings.push.stream_maxlen,
+            stream_ttl_s=settings.presence.ttl_s,
+            job_expiry_s=settings.push.job_expiry_s,
+        )
+        worker = settings.worker
+        return cls(
+            settings=settings,
+            redis=client,
+            db=db,
+            notifications=NotificationRepository(db),
+            router=PushRouter(Presence(client, settings.presence.ttl_s), transport),
+            queue=EventQueue(client, settings.queues.events, job_timeout_s=worker.job_timeout_s),
+            policy=RetryPolicy(worker.max_tries, worker.retry_backoff_max_s),
+            metrics=metrics or WorkerMetrics(),
+        )
+
+    async def close(self) -> None:
+        await self.db.close()
+        await self.redis.aclose()
+
+
+def from_arq(ctx: dict[str, Any]) -> WorkerContext:
+    context = ctx.get(CTX_KEY)
+    if not isinstance(context, WorkerContext):
+        raise RuntimeError("arq's ctx has no WorkerContext: the worker was started without workers.settings.startup")
+    return context

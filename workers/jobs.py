@@ -1,41 +1,41 @@
-"""The arq job `process_event(ctx, event)`: the pipeline for one event, for plain arq workers
-(`arq workers.settings.WorkerSettings`). `notify-server worker` runs the batched consumer instead,
-which takes the same jobs off the same queue (workers/consumer.py)."""
+"""The arq job `process_event(ctx, event)`, for a plain arq worker (`arq workers.settings.WorkerSettings`).
+
+It runs the same pipeline as `notify-server worker` (workers/pipeline.py) one event at a time, with the
+same retry policy (notify_server.eventqueue.RetryPolicy): a store fault raises arq's `Retry` with backoff
+for as long as it lasts; another failure of the event is retried up to `worker.max_tries`, then fails.
+"""
 
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 from arq import Retry
+from arq.worker import JobExecutionFailed
 
 from notify_server.events import event_id_for_log
-from notify_server.settings import Settings
-from workers import context
-from workers.pipeline import TRANSIENT_ERRORS, EventFailed, process_events
+from workers.context import from_arq
+from workers.pipeline import Attempt, StoreUnavailable, Verdict, process_events
 
 logger = logging.getLogger("notify.worker")
 
 
-def retry_delay_s(job_try: int, max_s: float) -> float:
-    """Exponential backoff with full jitter: up to 0.5 s, 1 s, 2 s, … capped at max_s."""
-    return random.uniform(0, min(max_s, 0.5 * 2 ** (job_try - 1)))
-
-
 async def process_event(ctx: dict[str, Any], event: Any) -> dict[str, Any]:
     """Validate the event, store one notification per recipient (idempotent), then push them."""
-    settings: Settings = ctx[context.SETTINGS]
+    context = from_arq(ctx)
+    job_try = int(ctx.get("job_try", 1))
     try:
-        (result,) = await process_events(ctx, [event])
-    except TRANSIENT_ERRORS as exc:
-        delay_s = retry_delay_s(ctx.get("job_try", 1), settings.worker.retry_backoff_max_s)
-        logger.warning(
-            "event retried event_id=%s try=%s in=%.1fs error=%s",
-            event_id_for_log(event), ctx.get("job_try"), delay_s, type(exc).__name__,
-        )
-        ctx[context.METRICS].events_retried.inc()
+        (outcome,) = await process_events(context, [Attempt(event, job_try)])
+    except StoreUnavailable as exc:
+        delay_s = context.policy.delay_s(job_try)
+        logger.warning("event retried event_id=%s try=%d in=%.1fs error=%s", event_id_for_log(event), job_try,
+                       delay_s, exc)
+        context.metrics.events_retried.inc()
         raise Retry(defer=delay_s) from exc
-    if isinstance(result, EventFailed):
-        raise result
-    return result
+    if outcome.verdict is Verdict.RETRY:
+        reason = str(outcome.result.get("reason"))
+        if context.policy.gives_up(job_try, store_fault=False):
+            raise JobExecutionFailed(reason)
+        context.metrics.events_retried.inc()
+        raise Retry(defer=context.policy.delay_s(job_try))
+    return outcome.result

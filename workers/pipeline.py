@@ -1,52 +1,156 @@
 """The event pipeline for a batch of events: validate, render, store (one transaction), then push.
 
-Used by the batched consumer (workers/consumer.py) and by the plain arq job `process_event`.
+Both engines run it — the batched consumer (workers/consumer.py) and the plain arq job (workers/jobs.py).
+Each event ends in one of four verdicts; store faults that concern the whole batch are raised as
+StoreUnavailable (stores.py decides which faults those are):
+
+- STORED: its rows are in Postgres (or were already) and pushed to the nodes holding its recipients;
+- REJECTED: it can never be stored as sent (malformed, or Postgres refuses one of its values): logged,
+  result written, never retried;
+- RETRY: it failed alone for a reason that is no store fault (a bug): retried a bounded number of times;
+- (StoreUnavailable) Postgres or Redis cannot serve now, or the database is not migrated: the whole batch
+  is kept and retried until it can.
+
+A retried event pushes the rows an earlier try stored as well (that try may have died between the commit
+and the push); clients drop a notification id they already have.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import psycopg2
-import psycopg2.errors
-
 from notify_server.events import EventRejected, event_id_for_log, parse_event
 from notify_server.frames import notification_frames
-from notify_server.metrics import WorkerMetrics
-from notify_server.notifications import NewNotifications, NotificationRepository, StoredEvent
-from notify_server.presence import Presence
+from notify_server.notifications import NewNotifications, Notification, StoredEvent, UnreadState
 from notify_server.push import PushItem
-from notify_server.routing import group_by_node
-from notify_server.settings import Settings
-from notify_server.stores import STORE_ERRORS
-from workers import context
+from notify_server.stores import Fault, classify, describe
+from workers.context import WorkerContext
 
 logger = logging.getLogger("notify.worker")
-
-# Failures that pass: the same events will go through once Postgres or Redis answers again.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    *STORE_ERRORS,
-    psycopg2.errors.DeadlockDetected,  # two batches racing on the same unread counters
-    psycopg2.errors.SerializationFailure,
-)
 
 # One transaction stores at most this many rows (a 10,000-recipient event gets one of its own).
 MAX_ROWS_PER_TRANSACTION = 10_000
 
 
-class EventFailed(Exception):
-    """An accepted event that could not be stored for a reason a retry will not fix."""
+class Verdict(enum.Enum):
+    STORED = "stored"
+    REJECTED = "rejected"
+    RETRY = "retry"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt:
+    """One event as a producer sent it, and which try of its job this is (1 = first)."""
+
+    event: Any
+    job_try: int = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventResult:
+    verdict: Verdict
+    result: dict[str, Any]  # what `Job.result()` returns: {"status": "stored" | "rejected", …}
+
+
+class StoreUnavailable(Exception):
+    """Postgres or Redis cannot take this batch now; keep it and try again later."""
+
+    def __init__(self, fault: Fault, cause: BaseException) -> None:
+        super().__init__(f"{fault.value}: {describe(cause)}")
+        self.fault = fault
+        self.cause = cause
+
+
+def _rejected(reason: str) -> EventResult:
+    return EventResult(Verdict.REJECTED, {"status": "rejected", "reason": reason})
+
+
+def _retry(reason: str) -> EventResult:
+    return EventResult(Verdict.RETRY, {"status": "failed", "reason": reason})
+
+
+def _raise_if_unavailable(exc: BaseException) -> Fault | None:
+    fault = classify(exc)
+    if fault in (Fault.TRANSIENT, Fault.MISCONFIGURED):
+        raise StoreUnavailable(fault, exc) from exc  # type: ignore[arg-type]
+    return fault
+
+
+async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) -> list[EventResult]:
+    """One result per attempt, in order; raises StoreUnavailable when the whole batch must wait."""
+    metrics = context.metrics
+    started = time.perf_counter()
+    results: list[EventResult | None] = [None] * len(attempts)
+    accepted: list[tuple[int, NewNotifications]] = []
+    seen_ids: set[str] = set()
+    for index, attempt in enumerate(attempts):
+        try:
+            new = parse_event(attempt.event, context.settings.templates)
+        except EventRejected as exc:
+            logger.warning("event rejected event_id=%s reason=%s", event_id_for_log(attempt.event), exc)
+            metrics.events_rejected.labels(exc.field).inc()
+            results[index] = _rejected(str(exc))
+            continue
+        except Exception as exc:  # a bug of ours on this input: retried alone, a bounded number of times
+            logger.exception("event failed to parse event_id=%s", event_id_for_log(attempt.event))
+            results[index] = _retry(f"internal error: {type(exc).__name__}")
+            continue
+        if new.event_id in seen_ids:  # the same event twice in one batch: the first one stores it
+            results[index] = EventResult(Verdict.STORED, {"status": "stored", "recipients": len(new.recipients),
+                                                          "stored": 0})
+            continue
+        seen_ids.add(new.event_id)
+        accepted.append((index, new))
+
+    stored_all: list[StoredEvent] = []
+    for chunk in _chunks(accepted):
+        outcomes = await _store(context, [new for _, new in chunk])
+        for (index, new), outcome in zip(chunk, outcomes, strict=True):
+            if isinstance(outcome, EventResult):
+                results[index] = outcome
+                continue
+            stored_all.append(outcome)
+            results[index] = EventResult(Verdict.STORED, {
+                "status": "stored", "recipients": len(new.recipients), "stored": len(outcome.notifications),
+            })
+            metrics.notifications_stored.inc(len(outcome.notifications))
+    retried = [new.event_id for index, new in accepted
+               if attempts[index].job_try > 1 and _verdict(results[index]) is Verdict.STORED]
+    try:
+        earlier = await _stored_earlier(context, retried, stored_all)
+        metrics.push_jobs.inc(await push_stored(context, stored_all, earlier))
+    except Exception as exc:  # the rows are committed: a retry of the batch pushes them again
+        _raise_if_unavailable(exc)
+        raise
+
+    duration_ms = (time.perf_counter() - started) * 1000
+    for index, new in accepted:
+        result = results[index]
+        if result is not None and result.verdict is Verdict.STORED:
+            metrics.events_processed.inc()
+            logger.info(
+                "event processed event_id=%s recipients=%d stored=%d batch=%d duration_ms=%.1f",
+                new.event_id, len(new.recipients), result.result["stored"], len(attempts), duration_ms,
+            )
+    metrics.job_duration.observe(duration_ms / 1000)
+    return [r if r is not None else _retry("not processed") for r in results]
+
+
+def _verdict(result: EventResult | None) -> Verdict | None:
+    return result.verdict if result is not None else None
 
 
 def _chunks(events: list[tuple[int, NewNotifications]]) -> list[list[tuple[int, NewNotifications]]]:
-    chunks: list[list[tuple[int, NewNotifications]]] = [[]]
+    chunks: list[list[tuple[int, NewNotifications]]] = []
     rows = 0
     for entry in events:
         size = len(entry[1].recipients)
-        if chunks[-1] and rows + size > MAX_ROWS_PER_TRANSACTION:
+        if not chunks or (chunks[-1] and rows + size > MAX_ROWS_PER_TRANSACTION):
             chunks.append([])
             rows = 0
         chunks[-1].append(entry)
@@ -54,99 +158,61 @@ def _chunks(events: list[tuple[int, NewNotifications]]) -> list[list[tuple[int, 
     return chunks
 
 
-async def process_events(ctx: dict[str, Any], events: Sequence[Any]) -> list[dict[str, Any] | EventFailed]:
-    """One result per event, in order: {"status": "stored" | "rejected", …} or an EventFailed.
-    Raises one of TRANSIENT_ERRORS when the whole batch should be retried later."""
-    settings: Settings = ctx[context.SETTINGS]
-    metrics: WorkerMetrics = ctx[context.METRICS]
-    repository: NotificationRepository = ctx[context.NOTIFICATIONS]
-    started = time.perf_counter()
-    results: list[dict[str, Any] | EventFailed | None] = [None] * len(events)
-    accepted: list[tuple[int, NewNotifications]] = []
-    seen_ids: set[str] = set()
-    for index, raw in enumerate(events):
-        try:
-            new = parse_event(raw, settings.templates)
-        except EventRejected as exc:
-            # Not retried: the same event would be rejected again. Nothing is stored.
-            logger.warning("event rejected event_id=%s reason=%s", event_id_for_log(raw), exc)
-            metrics.events_rejected.labels(str(exc).split(":", 1)[0]).inc()
-            results[index] = {"status": "rejected", "reason": str(exc)}
-            continue
-        if new.event_id in seen_ids:  # the same event twice in one batch: the first one stores it
-            results[index] = {"status": "stored", "recipients": len(new.recipients), "stored": 0}
-            continue
-        seen_ids.add(new.event_id)
-        accepted.append((index, new))
-
-    stored_all: list[StoredEvent] = []
-    for chunk in _chunks(accepted):
-        if not chunk:
-            continue
-        for (index, new), stored in zip(chunk, await _store(repository, [new for _, new in chunk]), strict=True):
-            if isinstance(stored, EventFailed):
-                results[index] = stored
-                continue
-            stored_all.append(stored)
-            results[index] = {
-                "status": "stored", "recipients": len(new.recipients), "stored": len(stored.notifications),
-            }
-            metrics.notifications_stored.inc(len(stored.notifications))
-    metrics.push_jobs.inc(await push_stored(ctx, stored_all))
-
-    duration_ms = (time.perf_counter() - started) * 1000
-    for index, new in accepted:
-        result = results[index]
-        if isinstance(result, dict):
-            metrics.events_processed.inc()
-            logger.info(
-                "event processed event_id=%s recipients=%d stored=%d batch=%d duration_ms=%.1f",
-                new.event_id, len(new.recipients), result["stored"], len(events), duration_ms,
-            )
-    metrics.job_duration.observe(duration_ms / 1000)
-    return [r if r is not None else EventFailed("not processed") for r in results]
-
-
-async def _store(repository: NotificationRepository, events: list[NewNotifications]) -> list[StoredEvent | EventFailed]:
-    """All in one transaction; when that fails for a reason other than a passing fault, event by event,
-    so one bad event does not take its batch down with it."""
+async def _store(context: WorkerContext, events: list[NewNotifications]) -> list[StoredEvent | EventResult]:
+    """All in one transaction; when Postgres refuses it for a reason that is not a store outage, event by
+    event, so that one bad event does not take its batch down with it."""
     try:
-        return list(await repository.store_events(events))
-    except TRANSIENT_ERRORS:
-        raise
-    except psycopg2.Error as exc:
+        return list(await context.notifications.store_events(events))
+    except Exception as exc:
+        fault = _raise_if_unavailable(exc)
         if len(events) == 1:
-            logger.error("event failed event_id=%s error=%s", event_id_for_log({"event_id": events[0].event_id}),
-                         type(exc).__name__)
-            return [EventFailed(type(exc).__name__)]
-    results: list[StoredEvent | EventFailed] = []
+            event_id = event_id_for_log({"event_id": events[0].event_id})
+            if fault is Fault.EVENT:
+                logger.warning("event rejected event_id=%s reason=database refused a value (%s)", event_id,
+                               describe(exc))
+                context.metrics.events_rejected.labels("database").inc()
+                return [_rejected(f"database: a value was refused ({describe(exc)})")]
+            logger.error("event failed event_id=%s error=%s", event_id, describe(exc), exc_info=exc)
+            return [_retry(f"internal error: {describe(exc)}")]
+    results: list[StoredEvent | EventResult] = []
     for new in events:
-        results.extend(await _store(repository, [new]))
+        results.extend(await _store(context, [new]))
     return results
 
 
-async def push_stored(ctx: dict[str, Any], stored: Sequence[StoredEvent]) -> int:
+async def _stored_earlier(
+    context: WorkerContext, event_ids: list[str], stored_now: Sequence[StoredEvent]
+) -> list[tuple[Notification, UnreadState]]:
+    """Rows of retried events that an earlier try stored (not inserted by this one), with the current
+    unread state of their recipients."""
+    if not event_ids:
+        return []
+    inserted = {n.notification_id for event in stored_now for n in event.notifications}
+    rows = [n for n in await context.notifications.of_events(event_ids) if n.notification_id not in inserted]
+    if not rows:
+        return []
+    states = await context.notifications.unread_states(list({n.recipient_id: None for n in rows}))
+    return [(n, states[n.recipient_id]) for n in rows]
+
+
+async def push_stored(
+    context: WorkerContext, stored: Sequence[StoredEvent], earlier: Sequence[tuple[Notification, UnreadState]] = ()
+) -> int:
     """After the commit: one push job per node holding any recipient, carrying each online recipient's
-    rendered frames and new unread count. Rows that already existed (a retried or duplicate event) are
-    not pushed again; offline recipients get nothing pushed (their rows are stored). Returns jobs."""
-    notifications = [n for event in stored for n in event.notifications]
-    if not notifications:
+    rendered frames and new unread count. Offline recipients get nothing pushed (their rows are
+    stored). Returns push jobs written."""
+    pending = [(n, event.unread.get(n.recipient_id)) for event in stored for n in event.notifications]
+    pending += earlier
+    if not pending:
         return 0
-    presence: Presence = ctx[context.PRESENCE]
-    nodes = await presence.nodes_for_users(list({n.recipient_id: None for n in notifications}))
-    if not nodes:
-        return 0
-    online = {user_id for users in nodes.values() for user_id in users}
-    frames = notification_frames([n for n in notifications if n.recipient_id in online])
-    items = []
-    for event in stored:
-        for n in event.notifications:
-            if n.recipient_id in online:
-                unread = event.unread.get(n.recipient_id)
-                items.append(PushItem(
-                    n.recipient_id, frames[n.notification_id], n.notification_id,
-                    unread.count if unread else None, unread.version if unread else None,
-                ))
-    by_node = group_by_node(nodes, items)
-    await ctx[context.PUSH].enqueue(by_node)
-    return len(by_node)
+
+    def items_for(online: set[str]) -> list[PushItem]:
+        mine = [(n, unread) for n, unread in pending if n.recipient_id in online]
+        frames = notification_frames([n for n, _ in mine])
+        return [
+            PushItem(n.recipient_id, frames[n.notification_id], n.notification_id,
+                     unread.count if unread else None, unread.version if unread else None)
+            for n, unread in mine
+        ]
+
+    return await context.router.route({n.recipient_id for n, _ in pending}, items_for)

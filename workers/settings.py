@@ -1,85 +1,68 @@
-"""arq settings of the event worker: `WorkerSettings`, its startup/shutdown, and `build_worker`."""
+"""`arq workers.settings.WorkerSettings`: arq's own worker, configured like every other command.
+
+The Redis URL, queue name, tries, timeouts and concurrency come from the same settings loader
+(`NOTIFY_CONFIG`, `NOTIFY_*`, config.yaml) as `notify-server`, read when arq imports this module; a bad
+configuration stops it with one line, as the CLI does. It runs the same pipeline as `notify-server worker`
+(workers/jobs.py), which is the faster engine and the one to prefer; this one exists for deployments
+that already run arq workers.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from arq import Worker
 from arq.connections import RedisSettings
 from arq.worker import func
 
 from notify_server.constants import JOB_PROCESS_EVENT
-from notify_server.db import close_pool, create_pool
-from notify_server.metrics import WorkerMetrics
-from notify_server.notifications import NotificationRepository
-from notify_server.presence import Presence
-from notify_server.producer import DEFAULT_QUEUE, deserialize_job, serialize_job
-from notify_server.push import StreamPushTransport
-from notify_server.settings import Settings, load_settings
-from workers import context
-from workers.consumer import EventConsumer
+from notify_server.eventqueue import KEEP_RESULT_S
+from notify_server.jobcodec import arq_deserializer, arq_serializer
+from notify_server.settings import ConfigError, Settings, load_settings
+from workers.context import CTX_KEY, WorkerContext
 from workers.jobs import process_event
 
+# arq must never give up on its own: the pipeline's RetryPolicy decides (store faults wait for ever).
+ARQ_MAX_TRIES = 1_000_000
 
-async def startup(ctx: dict[str, Any]) -> None:
-    settings: Settings = ctx.get(context.SETTINGS) or load_settings()
+
+def arq_worker_options(settings: Settings) -> dict[str, Any]:
+    """arq Worker keyword arguments for these settings (also what WorkerSettings holds)."""
     settings.require_services()
-    ctx[context.SETTINGS] = settings
-    ctx[context.DB_POOL] = pool = await create_pool(settings.database)
-    ctx[context.NOTIFICATIONS] = NotificationRepository(pool)
-    ctx[context.PRESENCE] = Presence(ctx[context.REDIS], settings.presence.ttl_s)
-    ctx[context.PUSH] = StreamPushTransport(
-        ctx[context.REDIS],
-        maxlen=settings.push.stream_maxlen,
-        stream_ttl_s=settings.presence.ttl_s,
-        job_expiry_s=settings.push.job_expiry_s,
-    )
-    ctx.setdefault(context.METRICS, WorkerMetrics())
+    worker = settings.worker
 
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx[CTX_KEY] = WorkerContext.build(settings)
 
-async def shutdown(ctx: dict[str, Any]) -> None:
-    pool = ctx.pop(context.DB_POOL, None)
-    if pool is not None:
-        await close_pool(pool)
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        context = ctx.pop(CTX_KEY, None)
+        if isinstance(context, WorkerContext):
+            await context.close()
 
-
-class WorkerSettings:
-    """For `arq workers.settings.WorkerSettings` too; `notify-server worker` fills these from config."""
-
-    functions = [func(process_event, name=JOB_PROCESS_EVENT)]
-    on_startup = startup
-    on_shutdown = shutdown
-    queue_name = DEFAULT_QUEUE
-    job_serializer = serialize_job
-    job_deserializer = deserialize_job
-
-
-def build_worker(settings: Settings, **overrides: Any) -> EventConsumer:
-    """The batched consumer for this config (workers/consumer.py); tests pass `burst=True, poll_delay=0`."""
-    return EventConsumer(settings, **overrides)
-
-
-def build_arq_worker(settings: Settings, **overrides: Any) -> Worker:
-    """A plain arq Worker running `process_event` one job at a time (the reference the batched consumer
-    is measured against in bench/)."""
-    settings.require_services()
-    worker_config = settings.worker
-    options: dict[str, Any] = dict(
-        functions=WorkerSettings.functions,
-        queue_name=settings.queues.events,
-        redis_settings=RedisSettings.from_dsn(settings.redis.url),
-        on_startup=startup,
-        on_shutdown=shutdown,
-        ctx={context.SETTINGS: settings},
-        poll_delay=worker_config.poll_delay_s,
-        max_jobs=worker_config.max_jobs,
-        job_timeout=worker_config.job_timeout_s,
-        max_tries=worker_config.max_tries,
+    return {
+        "functions": [func(process_event, name=JOB_PROCESS_EVENT)],
+        "queue_name": settings.queues.events,
+        "redis_settings": RedisSettings.from_dsn(settings.redis.url),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "poll_delay": worker.poll_delay_s,
+        "max_jobs": worker.max_jobs,
+        "job_timeout": worker.job_timeout_s,
+        "max_tries": ARQ_MAX_TRIES,
         # SIGTERM: stop taking jobs and let the ones running finish (up to their timeout).
-        job_completion_wait=int(worker_config.job_timeout_s),
-        job_serializer=serialize_job,
-        job_deserializer=deserialize_job,
-        keep_result=3600,
-    )
-    options.update(overrides)
-    return Worker(**options)
+        "job_completion_wait": int(worker.job_timeout_s),
+        "job_serializer": arq_serializer,
+        "job_deserializer": arq_deserializer,
+        "keep_result": KEEP_RESULT_S,
+    }
+
+
+def _load() -> dict[str, Any]:
+    try:
+        return arq_worker_options(load_settings())
+    except ConfigError as exc:
+        print(f"notify-server: config error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+WorkerSettings = type("WorkerSettings", (), _load())

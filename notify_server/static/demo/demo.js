@@ -26,9 +26,10 @@ function el(tag, className, text) {
 
 async function api(method, path, body) {
   const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
-  if (body !== undefined) {
+  if (method !== "GET") {
+    // The dev routes take JSON only: a cross-site form cannot send it without a CORS preflight.
     init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = JSON.stringify(body === undefined ? {} : body);
   }
   const response = await fetch(path, init);
   let data = null;
