@@ -28,6 +28,11 @@ setup(
             "pytest-timeout>=2.3",
             "hypothesis>=6",
             "playwright>=1.48",  # drives Debian's chromium in tests/test_browser.py (no browser download)
+            # The type and lint gate that scripts/test.sh runs before the tests (mypy.ini, ruff.toml).
+            "mypy>=1.11",
+            "ruff>=0.6",
+            "types-PyYAML",
+            "types-psycopg2",
         ],
         # The load benchmark (scripts/bench.sh, docs/benchmarks.md): the reference peer, the plot, profiles.
         "bench": [

@@ -17,8 +17,16 @@ import psycopg2.errors
 import redis.exceptions
 from redis.asyncio import Redis
 
+from notify_server.app import run_node
+from notify_server.db import Database
+from notify_server.dev import run_dev
 from notify_server.events import EventRejected, parse_event
+from notify_server.health import check_postgres, check_redis
 from notify_server.logs import configure_logging
+from notify_server.migrations import apply_migrations
+from notify_server.producer import enqueue_event
+from notify_server.revocations import publish_revocation
+from notify_server.sessions import SessionStore
 from notify_server.settings import ConfigError, Settings, load_settings
 from workers.consumer import EventConsumer  # the composition root: the only server module that imports workers
 
@@ -111,8 +119,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from notify_server.migrations import apply_migrations
-
     settings.require_services()
     applied = apply_migrations(settings.database.url)
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ": up to date"))
@@ -120,8 +126,6 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from notify_server.app import run_node
-
     settings.require_services()
     try:
         run_node(settings)
@@ -137,14 +141,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    from notify_server.dev import run_dev
-
     return run_dev(settings, lambda s: EventConsumer(s, handle_signals=False))
 
 
 async def _with_db(settings: Settings, action: Any) -> Any:
-    from notify_server.db import Database
-
     db = Database(dataclasses.replace(settings.database, pool_min_size=1, pool_max_size=2))
     try:
         return await action(db)
@@ -153,8 +153,6 @@ async def _with_db(settings: Settings, action: Any) -> Any:
 
 
 def cmd_session(settings: Settings, args: argparse.Namespace) -> int:
-    from notify_server.sessions import SessionStore
-
     settings.require_services()
     if args.session_command == "create":
         ttl_s = args.ttl_s or settings.session.default_ttl_s
@@ -167,8 +165,6 @@ def cmd_session(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     async def revoke(db: Any) -> str | None:
-        from notify_server.revocations import publish_revocation
-
         token_hash = await SessionStore(db).revoke(args.token)
         if token_hash is not None:
             client = Redis.from_url(settings.redis.url)
@@ -185,8 +181,6 @@ def cmd_session(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_emit(settings: Settings, args: argparse.Namespace) -> int:
-    from notify_server.producer import enqueue_event
-
     settings.require_services()
     event = {
         "event_id": args.event_id or f"evt-{uuid.uuid4().hex}",
@@ -213,8 +207,6 @@ def cmd_emit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    from notify_server.health import check_postgres, check_redis
-
     settings.require_services()
 
     async def check() -> tuple[str | None, tuple[str | None, list[str]]]:

@@ -205,19 +205,17 @@ class NotificationWebSocketManager:
             self._push_unread(user_id, unread_count_frame(count, version), version)
 
     def _push_frame(self, user_id: str, text: str, notification_id: str | None) -> int:
-        sockets = self._connections.get(user_id)
-        if not sockets:
-            return 0
-        for ws in list(sockets):
-            self._send(ws, text, notification_id)
-        return len(sockets)
+        return self._each_socket(user_id, lambda ws: self._send(ws, text, notification_id))
 
     def _push_unread(self, user_id: str, text: str, version: int | None) -> int:
+        return self._each_socket(user_id, lambda ws: self._send_unread(ws, text, version))
+
+    def _each_socket(self, user_id: str, send: Callable[[WebSocketLike], None]) -> int:
         sockets = self._connections.get(user_id)
         if not sockets:
             return 0
         for ws in list(sockets):
-            self._send_unread(ws, text, version)
+            send(ws)
         return len(sockets)
 
     # ---------------------------------------------------------------- one socket
@@ -305,9 +303,11 @@ class NotificationWebSocketManager:
                     break
                 if outbox.frames:
                     text = outbox.frames.popleft()[0]
+                elif outbox.unread is not None:
+                    text, outbox.unread = outbox.unread, None
                 else:
-                    text, outbox.unread = outbox.unread, None  # type: ignore[assignment]
-                await ws.send_str(text)  # type: ignore[arg-type]
+                    break
+                await ws.send_str(text)
                 sent += 1
         except asyncio.CancelledError:
             raise

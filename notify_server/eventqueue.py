@@ -213,7 +213,7 @@ class EventQueue:
 
     async def wait_for_work(self, timeout_s: float) -> None:
         """Block until a producer's wake-up or timeout_s (BLPOP on the wake list)."""
-        await self.redis.blpop([self.wake_key], timeout=timeout_s)
+        await self.redis.blpop([self.wake_key], timeout=timeout_s)  # type: ignore[misc, arg-type]  # redis-py takes a float
 
     async def retry(self, jobs: Sequence[tuple[ClaimedJob, float]]) -> None:
         """Reschedule (job, delay in seconds) pairs and release their claims; their tries are counted."""

@@ -33,7 +33,8 @@ class EventRejected(ValueError):
 def event_id_for_log(raw: Any) -> str:
     """The event id, when there is a printable one, for log lines about a rejected event."""
     if isinstance(raw, Mapping) and isinstance(raw.get("event_id"), str):
-        return raw["event_id"][:200].encode("unicode_escape").decode("ascii")
+        event_id: str = raw["event_id"]
+        return event_id[:200].encode("unicode_escape").decode("ascii")
     return "?"
 
 

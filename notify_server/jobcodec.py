@@ -103,9 +103,8 @@ def encode_result(fmt: JobFormat, data: dict[str, Any]) -> bytes:
 
 
 def _reason(result: Any) -> str:
-    if isinstance(result, dict) and isinstance(result.get("reason"), str):
-        return result["reason"]
-    return str(result)
+    reason = result.get("reason") if isinstance(result, dict) else None
+    return reason if isinstance(reason, str) else str(result)
 
 
 # ---------------------------------------------------------------- for arq's own Worker and ArqRedis

@@ -62,7 +62,7 @@ class Presence:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user_id in users[start : start + _LOOKUP_CHUNK]:
                     key = _user_key(user_id)
-                    pipe.hset(key, node_id, expires_at)
+                    pipe.hset(key, node_id, str(expires_at))
                     pipe.expire(key, self._ttl_s)
                 await pipe.execute()
 

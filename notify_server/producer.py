@@ -45,8 +45,9 @@ async def enqueue_events(
     Every event needs an event_id (ValueError before anything is queued otherwise)."""
     jobs = [(_event_id(event), EventQueue.encode_event(dict(event))) for event in events]
     queued = await EventQueue(redis, queue_name).enqueue(jobs)
+    pool = arq_pool(redis)
     return [
-        Job(job_id, redis, _queue_name=queue_name, _deserializer=arq_deserializer) if ok else None  # type: ignore[arg-type]
+        Job(job_id, pool, _queue_name=queue_name, _deserializer=arq_deserializer) if ok else None
         for (job_id, _), ok in zip(jobs, queued, strict=True)
     ]
 

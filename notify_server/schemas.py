@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -48,7 +49,7 @@ def _check_json_text(value: Any, depth: int = 0) -> None:
         raise ValidationError(f"holds a {type(value).__name__}, which is not JSON")
 
 
-def _json_object(max_bytes: int) -> validate.Validator:
+def _json_object(max_bytes: int) -> Callable[[dict[str, Any]], None]:
     def check(value: dict[str, Any]) -> None:
         _check_json_text(value)
         try:
@@ -69,7 +70,7 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _RECIPIENT_KEYS = frozenset(("user_id", "email"))
 
 
-class Recipients(fields.Field):
+class Recipients(fields.Field[list[dict[str, Any]]]):
     """The recipient list: up to 10,000 `{"user_id", "email"?}` objects.
 
     Checked by hand rather than with a Nested schema: the same rules and messages, about a hundred

@@ -103,7 +103,7 @@ class SessionWatcher:
                 self._revoked_arrived.set()
         finally:
             try:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
             except Exception as exc:
                 logger.debug("closing the revocation subscription: %s", type(exc).__name__)
 

@@ -250,7 +250,7 @@ class Settings:
 
 # ---------------------------------------------------------------- schemas (derived: what the file may say)
 
-_SCALAR_FIELDS: dict[object, type[fields.Field]] = {
+_SCALAR_FIELDS: dict[object, type[fields.Field[Any]]] = {
     int: fields.Integer,
     float: fields.Float,
     str: fields.String,
@@ -258,7 +258,7 @@ _SCALAR_FIELDS: dict[object, type[fields.Field]] = {
 }
 
 
-def _field_for(section: type, key: dataclasses.Field[Any], annotation: object) -> fields.Field:
+def _field_for(section: type, key: dataclasses.Field[Any], annotation: object) -> fields.Field[Any]:
     """The marshmallow field that checks one key, from its annotation and its setting(...) metadata."""
     where, meta = f"{section.__name__}.{key.name}", key.metadata
     options = {"validate": meta.get("validate"), **meta.get("options", {})}
@@ -340,7 +340,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _env_value(where: str, raw: str, field: fields.Field) -> Any:
+def _env_value(where: str, raw: str, field: fields.Field[Any]) -> Any:
     if isinstance(field, fields.List):
         raw = raw.strip()
         if raw.startswith("["):

@@ -3,7 +3,8 @@
 A node runs its push consumer, presence refresher, revocation listener, session re-check and heartbeat
 sweep under one `Supervisor`; the worker runs its main loop under one too. A loop that raises is
 restarted after a backoff (0.1 s doubling up to `backoff_max_s`); the first failure of an outage is
-logged with its traceback, repeats of the same error are one line each, and the recovery is logged.
+logged with its traceback (one line when it is a store going away, which is expected in operation),
+repeats of the same error are one line each, and the recovery is logged.
 While a loop is down — from a failure until it reports progress again with `LoopHealth.ok()` — it is
 named by `down()`, which `/readyz` turns into a 503. `restarts` counts restarts per loop (a metric).
 """
@@ -120,6 +121,11 @@ class Backoff:
         self._next_s = self._first_s
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
 def report_failure(name: str, health: LoopHealth, error: BaseException, delay_s: float) -> None:
     """Log a loop's failure: with its traceback the first time, one line while the same error repeats."""
     summary = describe(error)
@@ -127,7 +133,7 @@ def report_failure(name: str, health: LoopHealth, error: BaseException, delay_s:
     health.failed(summary)
     if repeated:
         logger.warning("%s still failing (%s, %d times); retrying in %.1fs", name, summary, health.failures, delay_s)
-    elif classify(error) is Fault.TRANSIENT:
-        logger.warning("%s lost its store (%s); retrying in %.1fs", name, summary, delay_s, exc_info=error)
+    elif classify(error) is Fault.TRANSIENT:  # expected in operation: one line, no traceback
+        logger.warning("%s lost its store (%s: %s); retrying in %.1fs", name, summary, _first_line(error), delay_s)
     else:
         logger.error("%s failed (%s); retrying in %.1fs", name, summary, delay_s, exc_info=error)

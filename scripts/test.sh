@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/test-services.sh
+# The type and lint gate (mypy.ini, ruff.toml): a regression fails the run before any test.
+.venv/bin/ruff check --quiet notify_server workers
+.venv/bin/mypy --no-error-summary
 exec .venv/bin/python -m pytest "$@"

@@ -76,8 +76,8 @@ def _retry(reason: str) -> EventResult:
 
 def _raise_if_unavailable(exc: BaseException) -> Fault | None:
     fault = classify(exc)
-    if fault in (Fault.TRANSIENT, Fault.MISCONFIGURED):
-        raise StoreUnavailable(fault, exc) from exc  # type: ignore[arg-type]
+    if fault is Fault.TRANSIENT or fault is Fault.MISCONFIGURED:
+        raise StoreUnavailable(fault, exc) from exc
     return fault
 
 
