@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone: virtualenv, install, services, throw-away database, pytest.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k websocket).
+# `scripts/test.sh --fast`: the quick loop for the people who work on it — no fault, load, browser or
+# process-spawning tests (well under a minute); CI runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  set -- -m "not slow and not browser and not process" "$@"
+fi
 scripts/bootstrap.sh
 scripts/test-services.sh
 # The type and lint gate (mypy.ini, ruff.toml): a regression fails the run before any test.

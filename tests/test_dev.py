@@ -30,6 +30,7 @@ def _processes_using(path: Path) -> list[str]:
     return found
 
 
+@pytest.mark.process
 @pytest.mark.timeout(180)
 async def test_dev_first_run_serves_page_delivers_event_and_leaves_no_process(tmp_path: Path) -> None:
     data_dir = tmp_path / "dev-data"

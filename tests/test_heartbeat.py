@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from aiohttp import WSMsgType
 from redis.asyncio import Redis
 
 from notify_server import appkeys
+from notify_server.constants import CLOSE_HEARTBEAT_TIMEOUT
 from notify_server.presence import Presence
 from notify_server.sessions import SessionStore
 from notify_server.settings import Settings
@@ -100,3 +102,36 @@ async def test_a_dropped_users_pushes_go_nowhere_and_other_users_still_get_their
     message = await reader
     assert message.type is WSMsgType.TEXT and '"notification"' in message.data
     await answering_ws.close()
+
+
+async def test_a_peer_behind_a_full_send_buffer_is_still_pinged_and_dropped_at_the_pong_deadline(
+    aiohttp_client, settings: Settings, sessions: SessionStore
+) -> None:
+    """A client that stopped reading: its frames pile up in the kernel and the transport's buffer (fewer
+    than limits.send_queue_max, so no 4008). The ping is written behind them all the same, is never
+    answered, and the socket leaves the map within interval + timeout."""
+    session = await sessions.create("stuck", ttl_s=3600)
+    client = await start_node(aiohttp_client, fast_heartbeat(settings.replace(limits={"send_queue_max": 100_000})))
+    manager = client.app[appkeys.MANAGER]
+    host, port = client.server.host, client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(
+        f"GET /ws/notifications?token={session.token} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .encode()
+    )
+    await reader.readuntil(b"\r\n\r\n")  # the handshake; from here on this client reads nothing
+    await wait_until(lambda: manager.count("stuck") == 1, what="the socket to register")
+    (ws,) = manager.connections["stuck"]
+    state = manager.state_of(ws)
+    assert state is not None and state.transport is not None
+    big = "x" * 60_000
+    for _ in range(200):  # 12 MB: far more than the kernel buffers take
+        await manager.push_to_user("stuck", big)
+    await wait_until(lambda: state.transport.get_write_buffer_size() > 65_536, what="the send buffer to fill")
+
+    await wait_until(lambda: manager.count("stuck") == 0, timeout_s=INTERVAL_S + TIMEOUT_S + 3.0,
+                     what="the stuck socket to be dropped by the heartbeat")
+    assert state.close_code == CLOSE_HEARTBEAT_TIMEOUT
+    writer.close()

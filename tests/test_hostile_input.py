@@ -537,6 +537,7 @@ def _rows(database_url: str, event_id: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=events())

@@ -157,6 +157,7 @@ async def test_recipient_listed_twice_gets_one_row(settings: Settings, redis_cli
     assert [r["recipient_id"] for r in await stored_rows(db_pool)] == ["u1"]
 
 
+@pytest.mark.slow
 async def test_ten_thousand_recipients_are_all_stored_in_one_transaction(
     settings: Settings, redis_client: Redis, db_pool: Any
 ) -> None:
