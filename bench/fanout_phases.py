@@ -14,7 +14,7 @@ import time
 from redis.asyncio import Redis
 
 from bench.stack import median, stores
-from notify_server.db import close_pool, create_pool
+from notify_server.db import Database
 from notify_server.events import parse_event
 from notify_server.frames import notification_frames
 from notify_server.notifications import NotificationRepository
@@ -31,9 +31,9 @@ async def main() -> None:
     phases: dict[str, list[float]] = {"validate+render": [], "store": [], "presence": [], "frames": []}
     with stores() as (database_url, redis_url):
         settings = load_settings(environ={}).replace(database={"url": database_url}, redis={"url": redis_url})
-        pool = await create_pool(settings.database)
+        db = Database(settings.database)
         redis = Redis.from_url(redis_url)
-        repository = NotificationRepository(pool)
+        repository = NotificationRepository(db)
         presence = Presence(redis, ttl_s=60)
         await presence.add("bench-node", [f"user-{i}" for i in range(args.online)])
         for run in range(args.runs):
@@ -45,7 +45,7 @@ async def main() -> None:
             t0 = time.perf_counter()
             new = parse_event(event, settings.templates)
             t1 = time.perf_counter()
-            stored = await repository.store_event(new)
+            (stored,) = await repository.store_events([new])
             t2 = time.perf_counter()
             nodes = await presence.nodes_for_users([n.recipient_id for n in stored.notifications])
             t3 = time.perf_counter()
@@ -55,7 +55,7 @@ async def main() -> None:
             for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 phases[name].append(seconds)
         await redis.aclose()
-        await close_pool(pool)
+        await db.close()
     total = sum(median(v) for v in phases.values())
     print(f"{args.recipients} recipients, {args.online} online, median of {args.runs} runs:")
     for name, values in phases.items():

@@ -18,7 +18,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from bench.stack import Processes, env_for, median, percentile, stores
-from notify_server.db import close_pool, create_pool
+from notify_server.db import Database
 from notify_server.producer import enqueue_event
 from notify_server.sessions import SessionStore
 from notify_server.settings import DatabaseSettings
@@ -41,9 +41,9 @@ async def one_setting(database_url: str, redis_url: str, poll_delay_s: float, ev
         worker = children.start("worker", ["worker"], env)
         for port, node in zip(ports, nodes):
             await wait_http_ok(f"http://127.0.0.1:{port}/readyz", node)
-        pool = await create_pool(DatabaseSettings(url=database_url, pool_min_size=1, pool_max_size=2))
-        token = (await SessionStore(pool).create("bench-user", 3600)).token
-        await close_pool(pool)
+        db = Database(DatabaseSettings(url=database_url, pool_min_size=1, pool_max_size=2))
+        token = (await SessionStore(db).create("bench-user", 3600)).token
+        await db.close()
         await asyncio.sleep(1.0)
         idle_before = cpu_seconds(worker.popen.pid)
         await asyncio.sleep(5.0)

@@ -53,15 +53,12 @@ class _NotifySender(_Sender):
     async def start(self) -> None:
         from redis.asyncio import Redis
 
-        from notify_server.producer import arq_pool
-
         self.redis = Redis.from_url(self.redis_url, max_connections=INFLIGHT_MAX + 8)
-        self.arq = arq_pool(self.redis)
 
     async def send(self, seq: int, tag: str, recipients: Sequence[str]) -> None:
         from notify_server.producer import enqueue_event
 
-        await enqueue_event(self.arq, {
+        await enqueue_event(self.redis, {
             "event_id": f"{tag}-{seq}",
             "event_type": "CLAIM_REJECTED",
             "recipients": [{"user_id": u} for u in recipients],

@@ -105,14 +105,6 @@ class NotificationRepository:
         # Concurrent reads of unread state (sockets connecting at once) share one query.
         self._unread: BatchLoader[str, UnreadState] = BatchLoader(self.unread_states, default=UnreadState(0, 0))
 
-    async def insert_many(self, new: NewNotifications) -> list[Notification]:
-        """Store one row per recipient (see store_event); returns only the rows this call inserted."""
-        return (await self.store_event(new)).notifications
-
-    async def store_event(self, new: NewNotifications) -> StoredEvent:
-        """Store one event's rows (see store_events)."""
-        return (await self.store_events([new]))[0]
-
     async def store_events(self, events: Sequence[NewNotifications]) -> list[StoredEvent]:
         """Store one row per (event, recipient) for several events in one transaction and bump the
         recipients' unread counters; one StoredEvent per event, in order. Rows that exist (same event
@@ -296,11 +288,6 @@ class NotificationRepository:
             rows = await cur.fetchall()
         return [Notification.from_row(row) for row in rows]
 
-    async def mark_read(self, user_id: str, notification_id: str) -> Notification | None:
-        """Mark one of this user's notifications read (see read_one); None when it is not theirs."""
-        result = await self.read_one(user_id, notification_id)
-        return result.notification if result else None
-
     async def read_one(self, user_id: str, notification_id: str) -> ReadResult | None:
         """Mark one of this user's notifications read. Idempotent: read_at keeps its first value and the
         counter changes only the first time. None when the id is not one of this user's, whether or
@@ -325,10 +312,6 @@ class NotificationRepository:
                     return ReadResult(Notification.from_row(row), None) if row else None
                 unread = await self._subtract(cur, user_id, 1)
         return ReadResult(Notification.from_row(row), unread)
-
-    async def mark_all_read(self, user_id: str) -> int:
-        """Mark every unread notification of this user read; returns how many changed."""
-        return (await self.read_all(user_id))[0]
 
     async def read_all(self, user_id: str) -> tuple[int, UnreadState | None]:
         """(rows changed, new unread state or None when nothing changed)."""

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from notify_server.notifications import NewNotifications, Notification, NotificationRepository, StoredEvent
 from notify_server.settings import Settings
 from workers.consumer import EventConsumer
 from workers.context import CTX_KEY, WorkerContext
@@ -26,9 +27,31 @@ async def run_worker_burst(settings: Settings, **overrides: Any) -> EventConsume
 
 @asynccontextmanager
 async def arq_job_ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    """The ctx arq's own Worker hands `process_event` (built as workers.settings' startup builds it)."""
+    """The ctx arq's own Worker hands `process_event` (built as workers.arq_worker's startup builds it)."""
     context = WorkerContext.build(settings)
     try:
         yield {CTX_KEY: context, "job_try": 1}
     finally:
         await context.close()
+
+
+# ---------------------------------------------------------------- the repository, one event or row at a time
+
+
+async def store_one(repository: NotificationRepository, new: NewNotifications) -> StoredEvent:
+    (stored,) = await repository.store_events([new])
+    return stored
+
+
+async def insert(repository: NotificationRepository, new: NewNotifications) -> list[Notification]:
+    """The rows one event inserted (none for recipients already stored)."""
+    return (await store_one(repository, new)).notifications
+
+
+async def mark_read(repository: NotificationRepository, user_id: str, notification_id: str) -> Notification | None:
+    result = await repository.read_one(user_id, notification_id)
+    return result.notification if result else None
+
+
+async def mark_all_read(repository: NotificationRepository, user_id: str) -> int:
+    return (await repository.read_all(user_id))[0]

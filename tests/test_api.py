@@ -12,6 +12,7 @@ from notify_server.notifications import NewNotifications, NotificationRepository
 from notify_server.sessions import SessionStore, hash_token
 from notify_server.settings import Settings
 from tests.fakes import connect_and_count, start_node
+from tests.helpers import insert
 
 ITEM_KEYS = {
     "notification_id", "title", "body", "priority", "action_url", "event_type", "metadata", "created_at", "read_at",
@@ -22,7 +23,7 @@ async def store(repository: NotificationRepository, user_id: str, count: int, pr
     """`count` notifications for the user, one event each; their ids, oldest first."""
     ids = []
     for i in range(count):
-        (notification,) = await repository.insert_many(
+        (notification,) = await insert(repository,
             NewNotifications(
                 event_id=f"{prefix}-{user_id}-{i}", event_type="CLAIM_REJECTED", title=f"Title {i}",
                 body=f"Body {i}", priority="HIGH", action_url=f"/claims/{i}", metadata={"i": i},

@@ -15,6 +15,7 @@ from notify_server.connections import NotificationWebSocketManager
 from notify_server.constants import CLOSE_TOO_SLOW
 from notify_server.notifications import NewNotifications, NotificationRepository, Recipient
 from tests.fakes import FakeSocket, wait_until
+from tests.helpers import insert
 
 NOTIFICATION = {"type": "notification", "data": {"notification_id": "n-1", "title": "Claim Rejected"}}
 
@@ -170,13 +171,13 @@ async def test_frames_reach_a_socket_in_push_order() -> None:
 async def test_push_unread_count_sends_the_count_from_the_repository(
     repository: NotificationRepository,
 ) -> None:
-    await repository.insert_many(
+    await insert(repository,
         NewNotifications(
             event_id="evt-1", event_type="CLAIM_REJECTED", title="t", body="b", priority="HIGH",
             action_url=None, metadata={}, recipients=[Recipient("u1"), Recipient("u2")],
         )
     )
-    await repository.insert_many(
+    await insert(repository,
         NewNotifications(
             event_id="evt-2", event_type="CLAIM_REJECTED", title="t", body="b", priority="HIGH",
             action_url=None, metadata={}, recipients=[Recipient("u1")],

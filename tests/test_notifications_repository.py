@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from notify_server.notifications import NewNotifications, NotificationRepository, Recipient, UnknownCursor
+from tests.helpers import insert, mark_all_read, mark_read, store_one
 
 
 def new_event(event_id: str, *user_ids: str, title: str = "Claim Rejected", **overrides: Any) -> NewNotifications:
@@ -30,7 +31,7 @@ async def store(repository: NotificationRepository, user_id: str, count: int) ->
     """`count` notifications for one user, one event each; their ids oldest first."""
     ids = []
     for n in range(count):
-        [row] = await repository.insert_many(new_event(f"evt-{user_id}-{n}", user_id, title=f"n{n}"))
+        [row] = await insert(repository, new_event(f"evt-{user_id}-{n}", user_id, title=f"n{n}"))
         ids.append(row.notification_id)
     return ids
 
@@ -48,7 +49,7 @@ async def row_count(pool: Any) -> int:
 async def test_insert_many_stores_one_row_per_recipient(repository: NotificationRepository) -> None:
     new = new_event("evt-1", "u1", "u2", recipients=[Recipient("u1", "u1@example.com"), Recipient("u2")])
 
-    rows = await repository.insert_many(new)
+    rows = await insert(repository, new)
 
     assert sorted((r.recipient_id, r.recipient_email) for r in rows) == [("u1", "u1@example.com"), ("u2", None)]
     for row in rows:
@@ -66,26 +67,26 @@ async def test_insert_many_twice_inserts_nothing_the_second_time(
     repository: NotificationRepository, db_pool: Any
 ) -> None:
     new = new_event("evt-1", "u1", "u2")
-    await repository.insert_many(new)
+    await insert(repository, new)
 
-    assert await repository.insert_many(new) == []
+    assert await insert(repository, new) == []
     assert await row_count(db_pool) == 2
 
 
 async def test_insert_many_stores_only_the_recipients_not_yet_stored(
     repository: NotificationRepository, db_pool: Any
 ) -> None:
-    await repository.insert_many(new_event("evt-1", "u1"))
+    await insert(repository, new_event("evt-1", "u1"))
 
-    rows = await repository.insert_many(new_event("evt-1", "u1", "u2"))
+    rows = await insert(repository, new_event("evt-1", "u1", "u2"))
 
     assert [r.recipient_id for r in rows] == ["u2"]
     assert await row_count(db_pool) == 2
 
 
 async def test_same_recipient_in_two_events_gets_two_rows(repository: NotificationRepository) -> None:
-    await repository.insert_many(new_event("evt-1", "u1"))
-    await repository.insert_many(new_event("evt-2", "u1"))
+    await insert(repository, new_event("evt-1", "u1"))
+    await insert(repository, new_event("evt-2", "u1"))
 
     assert await repository.count_unread("u1") == 2
 
@@ -96,7 +97,7 @@ async def test_same_recipient_in_two_events_gets_two_rows(repository: Notificati
 async def test_count_unread_counts_only_this_users_unread(repository: NotificationRepository) -> None:
     ids = await store(repository, "u1", 3)
     await store(repository, "u2", 2)
-    await repository.mark_read("u1", ids[0])
+    await mark_read(repository, "u1", ids[0])
 
     assert await repository.count_unread("u1") == 2
     assert await repository.count_unread("u2") == 2
@@ -150,8 +151,8 @@ async def test_full_last_page_has_no_next_cursor(repository: NotificationReposit
 
 async def test_unread_only_skips_read_items(repository: NotificationRepository) -> None:
     ids = await store(repository, "u1", 4)
-    await repository.mark_read("u1", ids[3])
-    await repository.mark_read("u1", ids[1])
+    await mark_read(repository, "u1", ids[3])
+    await mark_read(repository, "u1", ids[1])
 
     page = await repository.list_for_user("u1", limit=10, unread_only=True)
 
@@ -160,7 +161,7 @@ async def test_unread_only_skips_read_items(repository: NotificationRepository) 
 
 async def test_unread_only_pages_with_a_cursor(repository: NotificationRepository) -> None:
     ids = await store(repository, "u1", 5)
-    await repository.mark_read("u1", ids[3])
+    await mark_read(repository, "u1", ids[3])
 
     first = await repository.list_for_user("u1", limit=2, unread_only=True)
     second = await repository.list_for_user("u1", limit=2, unread_only=True, before=first.next_before)
@@ -225,7 +226,7 @@ async def test_list_since_is_bounded_and_refuses_unknown_ids(repository: Notific
 async def test_mark_read_marks_the_owners_notification(repository: NotificationRepository) -> None:
     [nid] = await store(repository, "u1", 1)
 
-    marked = await repository.mark_read("u1", nid)
+    marked = await mark_read(repository, "u1", nid)
 
     assert marked is not None
     assert marked.notification_id == nid
@@ -238,7 +239,7 @@ async def test_mark_read_of_another_users_notification_returns_none_and_changes_
 ) -> None:
     [nid] = await store(repository, "u1", 1)
 
-    assert await repository.mark_read("u2", nid) is None
+    assert await mark_read(repository, "u2", nid) is None
 
     [item] = (await repository.list_for_user("u1", limit=10)).items
     assert item.read_at is None
@@ -250,18 +251,18 @@ async def test_mark_read_of_unknown_or_garbage_id_returns_none(
 ) -> None:
     await store(repository, "u1", 1)
 
-    assert await repository.mark_read("u1", notification_id) is None
+    assert await mark_read(repository, "u1", notification_id) is None
     assert await repository.count_unread("u1") == 1
 
 
 async def test_mark_read_again_keeps_the_first_read_at(repository: NotificationRepository, db_pool: Any) -> None:
     [nid] = await store(repository, "u1", 1)
-    await repository.mark_read("u1", nid)
+    await mark_read(repository, "u1", nid)
     first_read_at = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
     async with db_pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute("UPDATE notifications SET read_at = %s WHERE notification_id = %s", (first_read_at, nid))
 
-    again = await repository.mark_read("u1", nid)
+    again = await mark_read(repository, "u1", nid)
 
     assert again is not None
     assert again.read_at == first_read_at
@@ -270,20 +271,20 @@ async def test_mark_read_again_keeps_the_first_read_at(repository: NotificationR
 async def test_mark_all_read_returns_how_many_changed(repository: NotificationRepository) -> None:
     ids = await store(repository, "u1", 3)
     await store(repository, "u2", 2)
-    await repository.mark_read("u1", ids[0])
+    await mark_read(repository, "u1", ids[0])
 
-    assert await repository.mark_all_read("u1") == 2
+    assert await mark_all_read(repository, "u1") == 2
     assert await repository.count_unread("u1") == 0
     assert await repository.count_unread("u2") == 2
-    assert await repository.mark_all_read("u1") == 0
+    assert await mark_all_read(repository, "u1") == 0
 
 
 async def test_mark_all_read_keeps_earlier_read_at(repository: NotificationRepository) -> None:
     ids = await store(repository, "u1", 2)
-    first = await repository.mark_read("u1", ids[0])
+    first = await mark_read(repository, "u1", ids[0])
     assert first is not None
 
-    await repository.mark_all_read("u1")
+    await mark_all_read(repository, "u1")
 
     items = {n.notification_id: n for n in (await repository.list_for_user("u1", limit=10)).items}
     assert items[ids[0]].read_at == first.read_at
@@ -297,7 +298,7 @@ async def test_the_same_event_stored_twice_at_once_counts_each_row_once(
 
     users = [f"u{i}" for i in range(50)]
     first, second = await asyncio.gather(
-        repository.store_event(new_event("racing", *users)), repository.store_event(new_event("racing", *users))
+        store_one(repository, new_event("racing", *users)), store_one(repository, new_event("racing", *users))
     )
 
     assert len(first.notifications) + len(second.notifications) == len(users)
@@ -307,7 +308,7 @@ async def test_the_same_event_stored_twice_at_once_counts_each_row_once(
 
 
 async def test_unread_versions_grow_with_every_change(repository: NotificationRepository) -> None:
-    stored = await repository.store_event(new_event("v1", "u1"))
+    stored = await store_one(repository, new_event("v1", "u1"))
     after_insert = stored.unread["u1"]
     read = await repository.read_one("u1", stored.notifications[0].notification_id)
     assert read is not None and read.unread is not None

@@ -22,7 +22,7 @@ from notify_server.jobcodec import arq_deserializer
 from notify_server.notifications import NotificationRepository
 from notify_server.producer import arq_pool, enqueue_event
 from notify_server.settings import Settings
-from tests.helpers import arq_job_ctx, run_worker_burst
+from tests.helpers import arq_job_ctx, mark_all_read, run_worker_burst
 from workers.jobs import process_event
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/x"
@@ -225,7 +225,7 @@ async def test_same_job_processed_twice_at_once_stores_each_row_once(ctx: dict[s
 
 async def test_rows_read_before_a_duplicate_stay_read(ctx: dict[str, Any], repository: NotificationRepository) -> None:
     await process_event(ctx, claim_rejected("evt-1"))
-    assert await repository.mark_all_read("u1") == 1
+    assert await mark_all_read(repository, "u1") == 1
 
     await process_event(ctx, claim_rejected("evt-1"))
 

@@ -22,6 +22,7 @@ from tests.fakes import (
     start_node,
     wait_until,
 )
+from tests.helpers import insert
 
 
 async def execute(db_pool: Any, sql: str, params: tuple[Any, ...]) -> None:
@@ -31,7 +32,7 @@ async def execute(db_pool: Any, sql: str, params: tuple[Any, ...]) -> None:
 
 async def store_for(repository: NotificationRepository, user_id: str, *event_ids: str) -> None:
     for event_id in event_ids:
-        await repository.insert_many(
+        await insert(repository,
             NewNotifications(
                 event_id=event_id, event_type="CLAIM_REJECTED", title="Claim Rejected", body="b",
                 priority="HIGH", action_url=None, metadata={}, recipients=[Recipient(user_id)],

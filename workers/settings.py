@@ -1,10 +1,9 @@
 """`arq workers.settings.WorkerSettings`: arq's own worker, configured like every other command.
 
 The Redis URL, queue name, tries, timeouts and concurrency come from the same settings loader
-(`NOTIFY_CONFIG`, `NOTIFY_*`, config.yaml) as `notify-server`, read when arq imports this module; a bad
-configuration stops it with one line, as the CLI does. It runs the same pipeline as `notify-server worker`
-(workers/jobs.py), which is the faster engine and the one to prefer; this one exists for deployments
-that already run arq workers.
+(`NOTIFY_CONFIG`, `NOTIFY_*`, config.yaml) as `notify-server`, read when arq imports this module (arq
+reads a settings class's attributes); a bad configuration stops it with one line, as the CLI does.
+Import `workers.arq_worker` instead to build arq options for settings of your own.
 """
 
 from __future__ import annotations
@@ -12,49 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from arq.connections import RedisSettings
-from arq.worker import func
-
-from notify_server.constants import JOB_PROCESS_EVENT
-from notify_server.eventqueue import KEEP_RESULT_S
-from notify_server.jobcodec import arq_deserializer, arq_serializer
-from notify_server.settings import ConfigError, Settings, load_settings
-from workers.context import CTX_KEY, WorkerContext
-from workers.jobs import process_event
-
-# arq must never give up on its own: the pipeline's RetryPolicy decides (store faults wait for ever).
-ARQ_MAX_TRIES = 1_000_000
-
-
-def arq_worker_options(settings: Settings) -> dict[str, Any]:
-    """arq Worker keyword arguments for these settings (also what WorkerSettings holds)."""
-    settings.require_services()
-    worker = settings.worker
-
-    async def startup(ctx: dict[str, Any]) -> None:
-        ctx[CTX_KEY] = WorkerContext.build(settings)
-
-    async def shutdown(ctx: dict[str, Any]) -> None:
-        context = ctx.pop(CTX_KEY, None)
-        if isinstance(context, WorkerContext):
-            await context.close()
-
-    return {
-        "functions": [func(process_event, name=JOB_PROCESS_EVENT)],
-        "queue_name": settings.queues.events,
-        "redis_settings": RedisSettings.from_dsn(settings.redis.url),
-        "on_startup": startup,
-        "on_shutdown": shutdown,
-        "poll_delay": worker.poll_delay_s,
-        "max_jobs": worker.max_jobs,
-        "job_timeout": worker.job_timeout_s,
-        "max_tries": ARQ_MAX_TRIES,
-        # SIGTERM: stop taking jobs and let the ones running finish (up to their timeout).
-        "job_completion_wait": int(worker.job_timeout_s),
-        "job_serializer": arq_serializer,
-        "job_deserializer": arq_deserializer,
-        "keep_result": KEEP_RESULT_S,
-    }
+from notify_server.settings import ConfigError, load_settings
+from workers.arq_worker import arq_worker_options
 
 
 def _load() -> dict[str, Any]:
