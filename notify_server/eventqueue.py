@@ -11,8 +11,8 @@ beside `notify-server worker`, because every key is arq's own:
   and in-progress keys deleted; id taken off the queue) or reschedules it (score = now + backoff);
 - a worker killed mid-batch leaves in-progress keys that expire; the jobs are then claimed again.
 
-Enqueue and claim are server-side scripts: one round trip per call (or per batch of events) instead of
-arq's WATCH/MULTI and its nine round trips per job. The retry policy lives here too (RetryPolicy).
+Enqueue, claim and finish are server-side scripts: one round trip per call (or per batch of events)
+instead of arq's WATCH/MULTI and its nine round trips per job. The retry policy lives here too (RetryPolicy).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 from redis.asyncio import Redis
 
 from notify_server.constants import JOB_PROCESS_EVENT
-from notify_server.jobcodec import JobFormat, UndecodableJob, decode, encode_job, encode_result
+from notify_server.jobcodec import JobFormat, UndecodableJob, decode, encode_job, encode_result, job_format
 
 DEFAULT_QUEUE = "notify:events"
 WAKE_SUFFIX = ":wake"
@@ -78,6 +78,19 @@ for page = 0, pages - 1 do
   if n > 0 or #ids < want then break end
 end
 return claimed
+"""
+
+
+# KEYS: queue. ARGV: keep_result_ms, then the key prefixes (result, job, retry, in-progress), then
+# (id, result) per job. Stores each result and takes its job off the queue, atomically as a MULTI would.
+_FINISH = """
+for i = 6, #ARGV, 2 do
+  local id = ARGV[i]
+  redis.call('SET', ARGV[2] .. id, ARGV[i + 1], 'PX', ARGV[1])
+  redis.call('DEL', ARGV[3] .. id, ARGV[4] .. id, ARGV[5] .. id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #ARGV
 """
 
 
@@ -145,6 +158,7 @@ def read_job(job_id: str, job_try: int, payload: bytes | None) -> ClaimedJob:
     if payload is None:
         job.failure = "job expired"
         return job
+    job.fmt = job_format(payload)  # a job refused below still gets its result in the format its producer reads
     try:
         job.fmt, data = decode(payload)
         function, args, kwargs = data["f"], data["a"], data.get("k") or {}
@@ -174,6 +188,7 @@ class EventQueue:
         self.claim_ms = int((job_timeout_s + CLAIM_GRACE_S) * 1000)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
+        self._finish = redis.register_script(_FINISH)
 
     # ---------------------------------------------------------------- producer side
 
@@ -227,21 +242,18 @@ class EventQueue:
             await pipe.execute()
 
     async def finish(self, outcomes: Sequence[Outcome], started_ms: int) -> None:
-        """Write each job's result (in its own format) and take it off the queue, in one MULTI."""
+        """Write each job's result (in its own format) and take it off the queue: one script, atomic."""
         if not outcomes:
             return
         finished_ms = now_ms()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for outcome in outcomes:
-                job = outcome.job
-                record = {
-                    "t": job.job_try, "f": JOB_PROCESS_EVENT, "a": job.args, "k": {}, "et": job.enqueue_time_ms,
-                    "s": outcome.success, "r": outcome.result, "st": started_ms, "ft": finished_ms,
-                    "q": self.queue_name, "id": job.job_id,
-                }
-                pipe.set(result_key_prefix + job.job_id, encode_result(job.fmt, record), px=KEEP_RESULT_S * 1000)
-                pipe.delete(
-                    retry_key_prefix + job.job_id, job_key_prefix + job.job_id, in_progress_key_prefix + job.job_id
-                )
-                pipe.zrem(self.queue_name, job.job_id)
-            await pipe.execute()
+        argv: list[Any] = [KEEP_RESULT_S * 1000, result_key_prefix, job_key_prefix, retry_key_prefix,
+                           in_progress_key_prefix]
+        for outcome in outcomes:
+            job = outcome.job
+            record = {
+                "t": job.job_try, "f": JOB_PROCESS_EVENT, "a": job.args, "k": {}, "et": job.enqueue_time_ms,
+                "s": outcome.success, "r": outcome.result, "st": started_ms, "ft": finished_ms,
+                "q": self.queue_name, "id": job.job_id,
+            }
+            argv += [job.job_id, encode_result(job.fmt, record)]
+        await self._finish(keys=[self.queue_name], args=argv)

@@ -8,11 +8,8 @@ from typing import Any
 from marshmallow import ValidationError
 
 from notify_server.notifications import NewNotifications, Recipient
-from notify_server.schemas import EventSchema, first_error
+from notify_server.schemas import first_error, load_event
 from notify_server.templates import MissingVariable, Template, UnusableValue
-
-_EVENT_SCHEMA = EventSchema()
-
 
 # The labels of the rejection metric: a fixed set, never text from the event itself.
 REJECTION_FIELDS = frozenset(
@@ -43,7 +40,7 @@ def parse_event(raw: Any, templates: Mapping[str, Template]) -> NewNotifications
     if not isinstance(raw, Mapping):
         raise EventRejected(f"event must be a JSON object, not {type(raw).__name__}")
     try:
-        event = _EVENT_SCHEMA.load(dict(raw))
+        event = load_event(dict(raw))
     except ValidationError as exc:
         raise EventRejected(first_error(exc.messages)) from None
     template = templates.get(event["event_type"])

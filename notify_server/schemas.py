@@ -13,6 +13,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from notify_server.constants import PRIORITIES
 
 MAX_EVENT_ID_CHARS = 200
+MAX_EVENT_TYPE_CHARS = 200
+MAX_ACTION_URL_CHARS = 2000
 MAX_USER_ID_CHARS = 200
 MAX_RECIPIENTS = 10_000
 MAX_METADATA_BYTES = 4096
@@ -124,12 +126,77 @@ class EventSchema(Schema):
         unknown = RAISE
 
     event_id = fields.String(required=True, validate=[validate.Length(min=1, max=MAX_EVENT_ID_CHARS), _text])
-    event_type = fields.String(required=True, validate=[validate.Length(min=1, max=200), _text])
+    event_type = fields.String(required=True, validate=[validate.Length(min=1, max=MAX_EVENT_TYPE_CHARS), _text])
     recipients = Recipients(required=True)
     data = fields.Dict(keys=fields.String(), load_default=dict, validate=_json_object(MAX_DATA_BYTES))
     priority = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(PRIORITIES))
-    action_url = fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=2000), _text])
+    action_url = fields.String(
+        load_default=None, allow_none=True, validate=[validate.Length(max=MAX_ACTION_URL_CHARS), _text]
+    )
     metadata = fields.Dict(keys=fields.String(), load_default=dict, validate=_json_object(MAX_METADATA_BYTES))
+
+
+_EVENT_SCHEMA = EventSchema()
+_EVENT_KEYS = frozenset(EventSchema().fields)
+_RECIPIENTS = Recipients()
+
+
+def load_event(raw: dict[str, Any]) -> dict[str, Any]:
+    """`EventSchema().load(raw)`: the same rules, messages and result, without the schema machinery for
+    the usual event. A valid event of plain types is checked by hand (about a sixth of the time: the
+    schema costs ~65 µs an event, the worker's largest cost per event after Postgres); anything unusual
+    or invalid goes through the schema, which decides and words the error (raises ValidationError)."""
+    fast = _load_plain_event(raw)
+    return fast if fast is not None else _EVENT_SCHEMA.load(raw)
+
+
+def _plain_text(value: Any, max_chars: int, min_chars: int = 1) -> bool:
+    if type(value) is not str or not min_chars <= len(value) <= max_chars or "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _plain_object(value: Any, max_bytes: int) -> bool:
+    if type(value) is not dict:
+        return False
+    try:
+        _json_object(max_bytes)(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def _load_plain_event(raw: Any) -> dict[str, Any] | None:
+    """The loaded event when `raw` is valid and made of plain types only; None to let the schema decide."""
+    if type(raw) is not dict or not raw.keys() <= _EVENT_KEYS:
+        return None
+    event_id, event_type = raw.get("event_id"), raw.get("event_type")
+    priority, action_url = raw.get("priority"), raw.get("action_url")
+    data, metadata = raw.get("data", {}), raw.get("metadata", {})
+    if not (_plain_text(event_id, MAX_EVENT_ID_CHARS) and _plain_text(event_type, MAX_EVENT_TYPE_CHARS)):
+        return None
+    if priority is not None and (type(priority) is not str or priority not in PRIORITIES):
+        return None
+    if action_url is not None and not _plain_text(action_url, MAX_ACTION_URL_CHARS, min_chars=0):
+        return None
+    if not (_plain_object(data, MAX_DATA_BYTES) and _plain_object(metadata, MAX_METADATA_BYTES)):
+        return None
+    if "recipients" not in raw:
+        return None
+    try:
+        recipients = _RECIPIENTS.deserialize(raw["recipients"])
+    except ValidationError:
+        return None
+    return {
+        "event_id": event_id, "event_type": event_type, "recipients": recipients, "data": dict(data),
+        "priority": priority, "action_url": action_url, "metadata": dict(metadata),
+    }
 
 
 class NotificationPayloadSchema(Schema):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 
 import orjson
 
-from notify_server.frames import notification_frame, notification_frames, unread_count_frame
+from notify_server.frames import notification_data, notification_frame, notification_frames, unread_count_frame
 from notify_server.notifications import Notification
+from notify_server.schemas import NotificationPayloadSchema
 
 SPEC_KEYS = {"notification_id", "title", "body", "priority", "action_url", "event_type", "metadata", "created_at"}
 
@@ -49,3 +51,10 @@ def test_notification_frame_has_exactly_the_spec_keys_and_nothing_internal() -> 
 def test_unread_count_frame_carries_count_and_version() -> None:
     assert orjson.loads(unread_count_frame(5, 41)) == {"type": "unread_count", "data": {"count": 5, "version": 41}}
     assert orjson.loads(unread_count_frame(0)) == {"type": "unread_count", "data": {"count": 0}}
+
+
+def test_the_hand_built_frame_data_is_the_payload_schemas_dump() -> None:
+    """frames.notification_data skips marshmallow on the push path; the schema stays the declaration."""
+    at = dt.datetime(2026, 2, 17, 10, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    for n in (notification("e1", "u1", at), dataclasses.replace(notification("e2", "u2", at), action_url=None)):
+        assert notification_data(n) == NotificationPayloadSchema().dump(n)
