@@ -40,6 +40,11 @@ class PushRouter:
         await self._transport.enqueue(by_node)
         return len(by_node)
 
+    async def online(self, user_ids: Collection[str]) -> set[str]:
+        """Which of these users some node holds now."""
+        nodes = await self._presence.nodes_for_users(list(user_ids))
+        return {user_id for users in nodes.values() for user_id in users}
+
     async def push_unread_counts(self, states: Mapping[str, UnreadState]) -> int:
         """Fresh unread counts to every tab of these users on every node."""
         return await self.route(

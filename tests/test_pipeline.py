@@ -20,7 +20,9 @@ from redis.asyncio import Redis
 from notify_server.constants import JOB_PROCESS_EVENT
 from notify_server.jobcodec import arq_deserializer
 from notify_server.notifications import NotificationRepository
+from notify_server.presence import Presence
 from notify_server.producer import arq_pool, enqueue_event
+from notify_server.push import decode_job, stream_key
 from notify_server.settings import Settings
 from tests.helpers import arq_job_ctx, mark_all_read, run_worker_burst
 from workers.jobs import process_event
@@ -323,3 +325,27 @@ async def test_retried_event_is_stored_once_the_database_is_back(
 
     assert result["stored"] == 2
     assert await row_count(db_pool) == 2
+
+
+async def test_a_large_event_stores_and_pushes_its_online_recipients_first(
+    settings: Settings, redis_client: Redis, db_pool: Any
+) -> None:
+    """600 recipients, 5 of them held by a node: their rows are committed (lower seq) and pushed before
+    the 595 offline ones are stored; every row is stored once and only the online ones are pushed."""
+    recipients = [f"u{i:03d}" for i in range(600)]
+    online = recipients[100:600:120]
+    await Presence(redis_client, ttl_s=60).add("n1", online)
+    event = claim_rejected("big", recipients=[{"user_id": u} for u in recipients])
+    await enqueue(redis_client, settings, event)
+
+    await run_worker_burst(settings)
+
+    async with db_pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT recipient_id FROM notifications WHERE event_id = 'big' ORDER BY seq")
+        order = [row[0] for row in await cur.fetchall()]
+    assert sorted(order) == recipients
+    assert set(order[: len(online)]) == set(online)
+    entries = await redis_client.xrange(stream_key("n1"))
+    pushed = [item.user_id for _, fields in entries for item in decode_job(fields[b"j"]).items]
+    assert sorted(pushed) == sorted(online)
+    assert await job_result(redis_client, settings, "big") == {"status": "stored", "recipients": 600, "stored": 600}

@@ -35,6 +35,8 @@ logger = logging.getLogger("notify.worker")
 
 # One transaction stores at most this many rows (a 10,000-recipient event gets one of its own).
 MAX_ROWS_PER_TRANSACTION = 10_000
+# Events with this many recipients store the ones online first, in a transaction of their own.
+SPLIT_AT = 500
 
 
 class Verdict(enum.Enum):
@@ -107,26 +109,31 @@ async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) ->
         seen_ids.add(new.event_id)
         accepted.append((index, new))
 
-    stored_all: list[StoredEvent] = []
-    for chunk in _chunks(accepted):
+    stored_rows = dict.fromkeys((index for index, _ in accepted), 0)
+    retried = {new.event_id for index, new in accepted if attempts[index].job_try > 1}
+    for chunk in _chunks(await _online_first(context, accepted)):
         outcomes = await _store(context, [new for _, new in chunk])
+        stored_now: list[StoredEvent] = []
         for (index, new), outcome in zip(chunk, outcomes, strict=True):
             if isinstance(outcome, EventResult):
                 results[index] = outcome
+                retried.discard(new.event_id)
                 continue
-            stored_all.append(outcome)
-            results[index] = EventResult(Verdict.STORED, {
-                "status": "stored", "recipients": len(new.recipients), "stored": len(outcome.notifications),
-            })
+            stored_now.append(outcome)
+            stored_rows[index] += len(outcome.notifications)
             metrics.notifications_stored.inc(len(outcome.notifications))
-    retried = [new.event_id for index, new in accepted
-               if attempts[index].job_try > 1 and _verdict(results[index]) is Verdict.STORED]
-    try:
-        earlier = await _stored_earlier(context, retried, stored_all)
-        metrics.push_jobs.inc(await push_stored(context, stored_all, earlier))
-    except Exception as exc:  # the rows are committed: a retry of the batch pushes them again
-        _raise_if_unavailable(exc)
-        raise
+        try:  # right after each commit, so a large event's online recipients are not kept waiting
+            earlier = await _stored_earlier(context, [n.event_id for _, n in chunk if n.event_id in retried],
+                                            stored_now)
+            metrics.push_jobs.inc(await push_stored(context, stored_now, earlier))
+        except Exception as exc:  # the rows are committed: a retry of the batch pushes them again
+            _raise_if_unavailable(exc)
+            raise
+    for index, new in accepted:
+        if results[index] is None:
+            results[index] = EventResult(Verdict.STORED, {
+                "status": "stored", "recipients": len(new.recipients), "stored": stored_rows[index],
+            })
 
     duration_ms = (time.perf_counter() - started) * 1000
     for index, new in accepted:
@@ -141,20 +148,43 @@ async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) ->
     return [r if r is not None else _retry("not processed") for r in results]
 
 
-def _verdict(result: EventResult | None) -> Verdict | None:
-    return result.verdict if result is not None else None
+async def _online_first(
+    context: WorkerContext, accepted: list[tuple[int, NewNotifications]]
+) -> list[tuple[int, NewNotifications, bool]]:
+    """(index, part, ends its transaction) units to store in order. An event with at least SPLIT_AT
+    recipients is stored in two transactions, the recipients online now first, so their tabs are
+    served after a commit of their own rows rather than of all 10,000 (every recipient is still looked
+    up again after its own commit before anything is pushed: someone connecting meanwhile is not missed).
+    """
+    units: list[tuple[int, NewNotifications, bool]] = []
+    for index, new in accepted:
+        if len(new.recipients) < SPLIT_AT:
+            units.append((index, new, False))
+            continue
+        online = await context.router.online([r.user_id for r in new.recipients])
+        first = [r for r in new.recipients if r.user_id in online]
+        rest = [r for r in new.recipients if r.user_id not in online]
+        if first and rest:
+            units += [(index, dataclasses.replace(new, recipients=first), True),
+                      (index, dataclasses.replace(new, recipients=rest), True)]
+        else:
+            units.append((index, new, True))
+    return units
 
 
-def _chunks(events: list[tuple[int, NewNotifications]]) -> list[list[tuple[int, NewNotifications]]]:
+def _chunks(units: list[tuple[int, NewNotifications, bool]]) -> list[list[tuple[int, NewNotifications]]]:
+    """Transactions of at most MAX_ROWS_PER_TRANSACTION rows; a unit marked alone gets its own."""
     chunks: list[list[tuple[int, NewNotifications]]] = []
     rows = 0
-    for entry in events:
-        size = len(entry[1].recipients)
-        if not chunks or (chunks[-1] and rows + size > MAX_ROWS_PER_TRANSACTION):
+    closed = True
+    for index, new, alone in units:
+        size = len(new.recipients)
+        if closed or alone or rows + size > MAX_ROWS_PER_TRANSACTION:
             chunks.append([])
             rows = 0
-        chunks[-1].append(entry)
+        chunks[-1].append((index, new))
         rows += size
+        closed = alone
     return chunks
 
 
