@@ -222,6 +222,26 @@ class NotificationRepository:
             )
             return [Notification.from_row(row) for row in await cur.fetchall()]
 
+    async def newest_since(
+        self, user_ids: Sequence[str], since: dt.datetime, *, per_user: int
+    ) -> dict[str, list[Notification]]:
+        """Each user's notifications created at or after `since`: at most `per_user` of the newest (one
+        index range per user), oldest first. A user with `per_user` of them may have had more."""
+        if not user_ids:
+            return {}
+        async with self._db.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM unnest(%s::text[]) AS u(id) CROSS JOIN LATERAL ("
+                f"  SELECT {_COLUMNS} FROM notifications WHERE recipient_id = u.id ORDER BY seq DESC LIMIT %s"
+                f") AS n WHERE n.created_at >= %s ORDER BY n.seq",
+                (list(user_ids), per_user, since),
+            )
+            rows = [Notification.from_row(row) for row in await cur.fetchall()]
+        found: dict[str, list[Notification]] = {}
+        for n in rows:
+            found.setdefault(n.recipient_id, []).append(n)
+        return found
+
     async def count_unread(self, user_id: str) -> int:
         return (await self.unread_state(user_id)).count
 

@@ -10,6 +10,7 @@ delete) fields whose time has passed, so a node killed without a goodbye drops o
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 
@@ -56,7 +57,7 @@ class Presence:
     async def add(self, node_id: str, user_ids: Iterable[str]) -> None:
         """Record (or refresh) that this node holds these users, a thousand per pipeline (a refresh of
         10,000 users in one pipeline held the node's event loop for 100-200 ms)."""
-        expires_at = int(time.time()) + self._ttl_s
+        expires_at = math.ceil(time.time()) + self._ttl_s  # never shorter than ttl_s
         users = list(user_ids)
         for start in range(0, len(users), _LOOKUP_CHUNK):
             async with self._redis.pipeline(transaction=False) as pipe:

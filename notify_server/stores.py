@@ -30,8 +30,9 @@ class Fault(enum.Enum):
 
 
 # Redis error replies that mean "not now" (fail-over, loading, a busy script, memory, cluster state).
+# UNBLOCKED: a blocking read (XREAD, BLPOP) cut short because the server turned replica (a fail-over).
 _REDIS_TRANSIENT_PREFIXES = ("READONLY", "LOADING", "BUSY", "OOM", "MASTERDOWN", "TRYAGAIN", "NOREPLICAS",
-                             "CLUSTERDOWN", "NOSCRIPT")
+                             "CLUSTERDOWN", "NOSCRIPT", "UNBLOCKED")
 # Postgres SQLSTATE classes: 08 connection, 40 rollback (serialization, deadlock), 53 resources,
 # 57 operator intervention (admin shutdown, cannot connect now), 58 system error, 25 transaction state
 # (read-only transaction on a standby, idle-in-transaction timeout).

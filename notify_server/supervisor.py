@@ -24,25 +24,33 @@ from notify_server.stores import Fault, classify, describe
 logger = logging.getLogger("notify.supervisor")
 
 
+StateHook = Callable[[str, bool], None]
+
+
 class LoopHealth:
     """What a supervised loop tells its supervisor: `ok()` after each round that worked."""
 
-    __slots__ = ("name", "up", "failures", "last_error")
+    __slots__ = ("name", "up", "failures", "last_error", "on_change")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, on_change: StateHook | None = None) -> None:
         self.name = name
         self.up = True
         self.failures = 0  # consecutive failures of the current outage
         self.last_error = ""
+        self.on_change = on_change  # told (name, up) when the loop goes down or comes back
 
     def ok(self) -> None:
         if not self.up:
             logger.info("%s recovered after %d restart(s)", self.name, self.failures)
+            if self.on_change is not None:
+                self.on_change(self.name, True)
         self.up = True
         self.failures = 0
         self.last_error = ""
 
     def failed(self, error: str) -> None:
+        if self.up and self.on_change is not None:
+            self.on_change(self.name, False)
         self.up = False
         self.failures += 1
         self.last_error = error
@@ -54,10 +62,12 @@ FailureHook = Callable[[BaseException], Awaitable[None]]
 
 class Supervisor:
     def __init__(
-        self, restarts: Counter | None = None, *, backoff_max_s: float = 2.0, on_failure: FailureHook | None = None
+        self, restarts: Counter | None = None, *, backoff_max_s: float = 2.0, on_failure: FailureHook | None = None,
+        on_change: StateHook | None = None,
     ) -> None:
         self._restarts = restarts
         self._on_failure = on_failure
+        self._on_change = on_change
         self._backoff_max_s = backoff_max_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._health: dict[str, LoopHealth] = {}
@@ -66,7 +76,7 @@ class Supervisor:
         """Run `loop(health)` until stop(); a loop that returns is a failure too (it should not end)."""
         if name in self._tasks:
             raise ValueError(f"loop {name!r} is already running")
-        health = self._health[name] = LoopHealth(name)
+        health = self._health[name] = LoopHealth(name, self._on_change)
         self._tasks[name] = asyncio.get_running_loop().create_task(self._run(name, loop, health), name=name)
 
     def down(self) -> dict[str, str]:
