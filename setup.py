@@ -19,6 +19,7 @@ setup(
         "psycopg2-binary>=2.9",
         "prometheus-client>=0.20",
         "orjson>=3.9",
+        "PyJWT[crypto]>=2.8,<3",  # auth.methods jwt: HS*, and RS*/ES* through its cryptography extra
         "uvloop>=0.19; sys_platform != 'win32'",  # serve/worker/dev run on it when installed
     ],
     extras_require={
@@ -28,6 +29,7 @@ setup(
             "pytest-timeout>=2.3",
             "hypothesis>=6",
             "playwright>=1.48",  # drives Debian's chromium in tests/test_browser.py (no browser download)
+            "openapi-spec-validator>=0.7",  # tests/test_openapi.py validates GET /api/openapi.json
             # The type and lint gate that scripts/test.sh runs before the tests (mypy.ini, ruff.toml).
             "mypy>=1.11",
             "ruff>=0.6",
@@ -37,6 +39,7 @@ setup(
         # The load benchmark (scripts/bench.sh, docs/benchmarks.md): the reference peer, the plot, profiles.
         "bench": [
             "python-socketio>=5.11,<6",
+            "msgpack>=1.0",  # the Socket.IO Redis emitter format the node peer's producers publish
             "matplotlib>=3.8",
             "py-spy>=0.3.14",
         ],

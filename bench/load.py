@@ -1,8 +1,10 @@
-"""Load benchmark: notify-server against python-socketio (AsyncRedisManager) under the same load.
+"""Load benchmark: notify-server against python-socketio (AsyncRedisManager) and Node.js socket.io
+(@socket.io/redis-adapter) under the same load.
 
-One invocation runs, for each run r = 1…R and each system (interleaved, so both see the same machine
+One invocation runs, for each run r = 1…R and each system (interleaved, so all see the same machine
 noise):
-- main:    a fresh stack (notify: 1 `serve` node + 1 `worker`; sio: 1 `bench.peer_socketio` node),
+- main:    a fresh stack (notify: 1 `serve` node + 1 `worker`; sio: 1 `bench.peer_socketio` node; node:
+           1 `node bench/peer_node/server.js`),
            C connections (C/2 users × 2 tabs), time to open them and server RSS per connection; then a
            rate ladder (each step: events at R/s for D s, each to one user, both tabs must get it):
            delivered/expected, p50/p95/p99/max enqueue→frame latency, CPU split; then a flood (N events
@@ -15,7 +17,9 @@ Processes: client (2 processes, raw WebSocket protocol on uvloop), producer (2 p
 Redis and Postgres are all measured (CPU from /proc/<pid>/stat). Results go to a JSON file that
 `bench.report` turns into the table and the plot of docs/benchmarks.md.
 
-    .venv/bin/python -m bench.load [--runs 3] [--out bench/results/latest.json] [--quick]
+    .venv/bin/python -m bench.load [--runs 3] [--out bench/results/latest.json] [--quick] [--systems notify,sio,node]
+
+The node peer needs its packages: `npm ci --prefix bench/peer_node` (scripts/bench.sh does it).
 """
 
 from __future__ import annotations
@@ -42,10 +46,10 @@ from bench.loadclient import ClientPool, Deliveries, client_env_ok
 from bench.peer_socketio import make_token
 from bench.procstats import CpuMeter, redis_pids, rss_kb, wait_quiet
 from bench.producer import ProducerPool, user_for_seq
-from bench.stack import Processes, env_for, percentile, stores
+from bench.stack import Processes, env_for, node_peer_argv, node_peer_versions, percentile, stores
 from tests.processes import Process, free_port, wait_http_ok
 
-SYSTEMS = ("notify", "sio")
+SYSTEMS = ("notify", "sio", "node")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -133,17 +137,25 @@ async def start_stack(children: Processes, protocol: str, database_url: str, red
                 raise SystemExit(f"worker exited:\n{w.output()}")
         return stack
     secret = secrets.token_hex(16)
-    channel = f"bench-sio-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
-    servers = [children.start_module(f"sio{i}", "bench.peer_socketio", env,
-                                     ["--port", str(p), "--redis-url", redis_url, "--channel", channel,
-                                      "--secret", secret])
-               for i, p in enumerate(ports)]
+    if protocol == "node":
+        # The adapter's channel prefix ("socket.io" by default), unique per stack like the sio channel:
+        # Redis pub/sub ignores the db number, so two stacks on one Redis would hear each other.
+        channel = f"socket.io-bench-{uuid.uuid4().hex[:8]}"
+        env["NODE_ENV"] = "production"
+        servers = [children.start_command(f"node{i}", node_peer_argv(p, redis_url, secret, channel), env)
+                   for i, p in enumerate(ports)]
+    else:
+        channel = f"bench-sio-{uuid.uuid4().hex[:8]}"
+        servers = [children.start_module(f"sio{i}", "bench.peer_socketio", env,
+                                         ["--port", str(p), "--redis-url", redis_url, "--channel", channel,
+                                          "--secret", secret])
+                   for i, p in enumerate(ports)]
     stack = Stack(protocol, ports, servers, [], database_url, redis_url, secret)
     stack.tokens = {"__channel__": channel}
     for port, server in zip(ports, servers, strict=False):
         await wait_http_ok(f"http://127.0.0.1:{port}/healthz", server)
-    await asyncio.sleep(0.5)  # the pub/sub listener is subscribed
+    await asyncio.sleep(0.5)  # the pub/sub listener (the adapter's psubscribe) is subscribed
     return stack
 
 
@@ -565,6 +577,7 @@ def machine() -> dict[str, Any]:
     return {"python": sys.version.split()[0], "cpus": os.cpu_count(), "platform": platform.platform(),
             **{name: version(name) for name in ("aiohttp", "python-socketio", "python-engineio", "redis", "arq",
                                                 "aiopg", "uvloop")},
+            **node_peer_versions(),
             "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                   text=True).stdout.strip(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -8,10 +8,11 @@ connect as the server it measures).
 Two protocols:
 - "notify": GET /ws/notifications?token=T; the first frame is {"type": "unread_count"…};
   notification frames carry {"data": {"metadata": {"sent_at": unix s, "seq": n}}}.
-- "sio": raw Engine.IO 4 / Socket.IO 5 over a WebSocket (no python-socketio client, which would cost
-  more CPU than the server under test): GET /socket.io/?EIO=4&transport=websocket, read the "0{…}" open
-  packet, send "40" + auth JSON, the connect is done at "40{…}"; events are "42[name, payload]", the
-  payload the same frame as notify's; server pings "2" are answered "3".
+- "sio" (and "node": the same protocol): raw Engine.IO 4 / Socket.IO 5 over a WebSocket (no
+  python-socketio client, which would cost more CPU than the server under test):
+  GET /socket.io/?EIO=4&transport=websocket, read the "0{…}" open packet, send "40" + auth JSON, the
+  connect is done at "40{…}"; events are "42[name, payload]", the payload the same frame as notify's;
+  server pings "2" are answered "3".
 
 A frame's receive time is taken in data_received, before parsing; the latency of a delivery is
 receive time − metadata.sent_at (same machine, same clock). The orchestrator drives the processes
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-PROTOCOLS = ("notify", "sio")
+PROTOCOLS = ("notify", "sio", "node")  # "node" (bench/peer_node) speaks what "sio" speaks
 CLOSE_TIMEOUT_S = 10.0
 OPEN_TIMEOUT_S = 30.0
 
@@ -64,7 +65,7 @@ class _ClientState:
         import orjson
 
         self.protocol = protocol
-        self.sio = protocol == "sio"
+        self.sio = protocol in ("sio", "node")
         self.loads = orjson.loads
         self.conns: list[_WSConn] = []
         self.seq = array.array("q")

@@ -4,6 +4,11 @@ notify: `notify_server.producer.enqueue_event(redis, event)`, the real producer 
 `metadata = {"sent_at": time.time(), "seq": n}` taken just before the enqueue call.
 sio: `socketio.AsyncRedisManager(write_only=True).emit("notification", frame, room="user:<id>")`, the
 same frame as notify-server pushes (built here: the peer stores nothing), to the user's room.
+node: what @socket.io/redis-emitter publishes and @socket.io/redis-adapter consumes (bench/peer_node):
+one PUBLISH per event of msgpack `[uid, packet, opts]` with packet `{"type": 2 (EVENT), "data":
+["notification", frame], "nsp": "/"}` and opts `{"rooms": ["user:<id>"], "except": [], "flags": {}}`
+on channel `<key>#/#user:<id>#` (key "socket.io" unless the server was given another); an event to
+several users is one PUBLISH on `<key>#/#` listing all their rooms, as the emitter does.
 
 Driven by `ProducerPool` from the orchestrator; runs in its own process (uvloop) so its CPU is its own.
 """
@@ -91,6 +96,52 @@ class _SioSender(_Sender):
             await redis.aclose()
 
 
+EMITTER_UID = "emitter"  # the uid @socket.io/redis-emitter stamps; any value but an adapter's own uid works
+SIO_EVENT = 2  # socket.io-parser PacketType.EVENT
+
+
+def emitter_message(frame: dict[str, Any], rooms: Sequence[str], key: str = "socket.io",
+                    nsp: str = "/") -> tuple[str, bytes]:
+    """(channel, payload) of `emitter.to(rooms).emit("notification", frame)` in the Socket.IO Redis
+    emitter's wire format: the adapter psubscribes to `<key>#<nsp>#*`, skips a room channel whose room
+    it has no socket in, msgpack-decodes `[uid, packet, opts]` and broadcasts the packet to opts.rooms."""
+    import msgpack
+
+    packet = {"type": SIO_EVENT, "data": ["notification", frame], "nsp": nsp}
+    opts = {"rooms": list(rooms), "except": [], "flags": {}}
+    channel = f"{key}#{nsp}#" + (f"{rooms[0]}#" if len(rooms) == 1 else "")
+    return channel, msgpack.packb([EMITTER_UID, packet, opts])
+
+
+class _NodeSender(_Sender):
+    """Socket.IO Redis emitter format, for bench/peer_node (socket.io + @socket.io/redis-adapter)."""
+
+    def __init__(self, redis_url: str, key: str) -> None:
+        self.redis_url = redis_url
+        self.key = key or "socket.io"
+
+    async def start(self) -> None:
+        from redis.asyncio import Redis
+
+        self.redis = Redis.from_url(self.redis_url, max_connections=INFLIGHT_MAX + 8)
+
+    async def send(self, seq: int, tag: str, recipients: Sequence[str]) -> None:
+        frame = sio_frame(seq, time.time(), claim_id=str(seq))
+        channel, payload = emitter_message(frame, [f"user:{u}" for u in recipients], self.key)
+        await self.redis.publish(channel, payload)
+
+    async def stop(self) -> None:
+        await self.redis.aclose()
+
+
+def _sender_for(protocol: str, redis_url: str, channel: str) -> _Sender:
+    if protocol == "notify":
+        return _NotifySender(redis_url)
+    if protocol == "node":
+        return _NodeSender(redis_url, channel)
+    return _SioSender(redis_url, channel)
+
+
 async def _run(sender: _Sender, args: dict[str, Any]) -> dict[str, Any]:
     """Send `count` events at `rate` per second (0 = as fast as possible, INFLIGHT_MAX at once)."""
     count, rate, tag = args["count"], args["rate"], args["tag"]
@@ -142,7 +193,7 @@ async def _run(sender: _Sender, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _producer_main(pipe: Any, protocol: str, redis_url: str, channel: str) -> None:
-    sender: _Sender = _NotifySender(redis_url) if protocol == "notify" else _SioSender(redis_url, channel)
+    sender = _sender_for(protocol, redis_url, channel)
     await sender.start()
     loop = asyncio.get_running_loop()
     try:
@@ -168,7 +219,8 @@ def _process_entry(pipe: Any, protocol: str, redis_url: str, channel: str) -> No
 
 
 class ProducerPool:
-    """K producer processes sharing the offered rate (event seq numbers interleaved)."""
+    """K producer processes sharing the offered rate (event seq numbers interleaved). `channel`: the
+    python-socketio channel (sio), or the adapter key, the channel prefix (node)."""
 
     def __init__(self, protocol: str, redis_url: str, processes: int = 1, channel: str = "socketio") -> None:
         ctx = mp.get_context("spawn")

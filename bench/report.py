@@ -15,6 +15,14 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SUSTAINED_P99_MS = 1000.0  # a rate is "sustained" when all is delivered and p99 stays under this
+# The systems bench.load knows, in column order, with their column titles; a table shows those in its file.
+SYSTEMS = {"notify": "notify-server", "sio": "python-socketio", "node": "Node.js socket.io"}
+CPU_KEYS = ("server", "worker", "redis", "postgres", "client", "producer", "others")
+
+
+def systems_in(data: dict[str, Any]) -> list[str]:
+    present = {r["system"] for r in data["results"]}
+    return [s for s in SYSTEMS if s in present]
 
 
 def med(values: Iterable[float | None]) -> float | None:
@@ -55,24 +63,29 @@ def runs_fmt(values: list[float | None], unit: str = "", digits: int = 0) -> str
     return f"**{fmt(m, unit, digits)}** ({shown})" if len(values) > 1 else fmt(m, unit, digits)
 
 
-def build(data: dict[str, Any]) -> tuple[list[tuple[str, str, str, str, str]], dict[str, Any]]:
+def build(data: dict[str, Any]) -> tuple[list[tuple[str, ...]], dict[str, Any]]:
+    """Rows of (figure, one cell per system of systems_in(data), target, met?): the targets are
+    notify-server's, judged on its median."""
     results = data["results"]
     args = data["args"]
-    rows: list[tuple[str, str, str, str, str]] = []
+    systems = systems_in(data)
+    rows: list[tuple[str, ...]] = []
     extra: dict[str, Any] = {}
 
     def row(figure: str, get: Callable[[str], list[float | None]], target: str,
             met: Callable[[float | None], bool] | None, unit: str = "", digits: int = 0) -> None:
-        n, s = get("notify"), get("sio")
-        m = med(n)
-        verdict = "–" if met is None else ("yes" if m is not None and met(m) else "**no**")
-        rows.append((figure, runs_fmt(n, unit, digits), runs_fmt(s, unit, digits), target, verdict))
+        m = med(get("notify")) if "notify" in systems else None
+        verdict = "–" if met is None or "notify" not in systems else ("yes" if m is not None and met(m) else "**no**")
+        rows.append((figure, *(runs_fmt(get(sys_), unit, digits) for sys_ in systems), target, verdict))
+
+    def notify_only(figure: str, cell: str, others: str, target: str = "–", verdict: str = "–") -> None:
+        rows.append((figure, *(cell if sys_ == "notify" else others for sys_ in systems), target, verdict))
 
     mc = args.get("memory_connections")
     mem = lambda sys_: [r["rss_per_conn_kb"] for r in runs_of(results, "memory", sys_)]  # noqa: E731
     opened = lambda sys_: [r["open"]["opened"] for r in runs_of(results, "memory", sys_)]  # noqa: E731
-    if runs_of(results, "memory", "notify"):
-        largest = min(opened("notify") or [0])
+    if any(runs_of(results, "memory", sys_) for sys_ in systems):
+        largest = min((n for sys_ in systems for n in opened(sys_)), default=0)
         row(f"server RSS per idle connection at {mc:,} connections (KiB; {largest:,} opened in every run)",
             mem, "≤ 20 KB (socket.io ≈ 135 KB)", lambda v: v is not None and v * 1.024 <= 20, " KiB", 1)
         row(f"time to open {mc:,} connections (s)",
@@ -85,7 +98,7 @@ def build(data: dict[str, Any]) -> tuple[list[tuple[str, str, str, str, str]], d
     row(f"time to open {c:,} authenticated connections (s, {c // 2:,} users × 2 tabs)",
         lambda sys_: [r["open"]["open_s"] for r in main(sys_)], "≤ 1 s", lambda v: v is not None and v <= 1.0, " s", 2)
     for rate, target_ms in ((250, 50), (1000, 250)):
-        if not any(ladder_step(r, rate) for r in main("notify")):
+        if not any(ladder_step(r, rate) for sys_ in systems for r in main(sys_)):
             continue
         row(f"end-to-end p99 at {rate:,} events/s, each to one user's 2 tabs (ms)",
             lambda sys_, rate=rate: [(ladder_step(r, rate) or {}).get("p99_ms") for r in main(sys_)],
@@ -111,16 +124,17 @@ def build(data: dict[str, Any]) -> tuple[list[tuple[str, str, str, str, str]], d
         w, n = (int(x) for x in spec.split("x"))
         runs = runs_of(results, "scale", "notify", workers=w, nodes=n)
         if runs:
-            rows.append((f"flood with {w} worker(s), {n} node(s) (events/s)",
-                         runs_fmt([r["flood"]["events_per_s"] for r in runs]), "–", "–", "–"))
+            notify_only(f"flood with {w} worker(s), {n} node(s) (events/s)",
+                        runs_fmt([r["flood"]["events_per_s"] for r in runs]), "–")
             if all("drain" in r for r in runs):
-                rows.append((f"drain with {w} worker(s), {n} node(s) (events/s)",
-                             runs_fmt([r["drain"]["events_per_s"] for r in runs]), "–", "–", "–"))
+                notify_only(f"drain with {w} worker(s), {n} node(s) (events/s)",
+                            runs_fmt([r["drain"]["events_per_s"] for r in runs]), "–")
     fr, fc = args.get("fanout_recipients"), args.get("fanout_connected")
     fan = lambda sys_, key: [r["fanout"].get(key) for r in main(sys_)]  # noqa: E731
-    rows.append((f"fan-out: one event to {fr:,} users, {fc:,} connected (1 tab each): all rows stored (s)",
-                 runs_fmt(fan("notify", "all_rows_stored_s"), " s", 2), "n/a (stores nothing)", "≤ 2 s",
-                 "yes" if (med(fan("notify", "all_rows_stored_s")) or 9e9) <= 2 else "**no**"))
+    if "notify" in systems:
+        notify_only(f"fan-out: one event to {fr:,} users, {fc:,} connected (1 tab each): all rows stored (s)",
+                    runs_fmt(fan("notify", "all_rows_stored_s"), " s", 2), "n/a (stores nothing)", "≤ 2 s",
+                    "yes" if (med(fan("notify", "all_rows_stored_s")) or 9e9) <= 2 else "**no**")
     row("fan-out: every connected tab served (s after enqueue)", lambda sys_: fan(sys_, "span_s"), "≤ 2 s",
         lambda v: v is not None and v <= 2, " s", 2)
     row("fan-out: deliveries/s, push phase (tabs / (last frame − first frame))",
@@ -133,14 +147,14 @@ def build(data: dict[str, Any]) -> tuple[list[tuple[str, str, str, str, str]], d
         lambda v: v is not None and v >= 100, " %", 1)
     # CPU split at the 1,000/s step and client CPU while opening
     for rate in (1000,):
-        for sys_ in ("notify", "sio"):
+        for sys_ in systems:
             steps = [ladder_step(r, rate) for r in main(sys_)]
             steps = [s for s in steps if s]
             if steps:
-                keys = ["server", "worker", "redis", "postgres", "client", "producer", "others"]
-                extra.setdefault("cpu", {})[(sys_, rate)] = {k: med(s["cpu_pct"].get(k) for s in steps) for k in keys}
+                extra.setdefault("cpu", {})[(sys_, rate)] = {k: med(s["cpu_pct"].get(k) for s in steps)
+                                                             for k in CPU_KEYS}
     extra["open_cpu"] = {sys_: {k: med(r["open"]["cpu_pct"].get(k) for r in main(sys_)) for k in ("client", "server")}
-                         for sys_ in ("notify", "sio")}
+                         for sys_ in systems}
     return rows, extra
 
 
@@ -156,8 +170,7 @@ def ladder_medians(data: dict[str, Any], system: str) -> list[dict[str, Any]]:
                     **{k: med(s[k] for s in steps) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "producer_rate")},
                     "delivered_pct": med(100.0 * s["delivered"] / s["expected"] for s in steps),
                     "all_delivered": all(s["delivered"] == s["expected"] for s in steps),
-                    "cpu": {k: med(s["cpu_pct"].get(k) for s in steps)
-                            for k in ("server", "worker", "redis", "postgres", "client", "producer", "others")}})
+                    "cpu": {k: med(s["cpu_pct"].get(k) for s in steps) for k in CPU_KEYS}})
     return out
 
 
@@ -168,7 +181,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    styles = {"notify": ("tab:blue", "notify-server"), "sio": ("tab:orange", "python-socketio (AsyncRedisManager)")}
+    styles = {"notify": ("tab:blue", "notify-server"), "sio": ("tab:orange", "python-socketio (AsyncRedisManager)"),
+              "node": ("tab:purple", "Node.js socket.io (@socket.io/redis-adapter)")}
     for system, (color, label) in styles.items():
         pts = ladder_medians(data, system)
         if not pts:
@@ -189,7 +203,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("offered rate (events/s, each to one user with 2 tabs; 2,000 connections)")
     ax.set_ylabel("enqueue → frame latency per tab (ms)")
-    ax.set_title("Latency against offered rate (median of runs), 2-core shared machine")
+    runs = data["args"].get("runs")
+    ax.set_title(f"Latency against offered rate (median of {runs} run{'s' if runs != 1 else ''}), "
+                 "2-core shared machine")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -203,23 +219,22 @@ def main() -> None:
     args = parser.parse_args()
     data = json.loads(Path(args.results).read_text())
     rows, extra = build(data)
+    systems = systems_in(data)
     print(f"Runs: {data['args']['runs']}, {data['machine']}\n")
-    print("| figure | notify-server | python-socketio | target | met? |")
-    print("|---|---|---|---|---|")
+    print("| figure | " + " | ".join(SYSTEMS[s] for s in systems) + " | target | met? |")
+    print("|---|" + "---|" * len(systems) + "---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
     print("\nLadder (medians over runs; latency per tab delivery, ms; CPU in % of one core):\n")
     print("| system | offered/s | runs | delivered | p50 | p95 | p99 | max | producer/s "
           "| server | worker | redis | postgres | client | producer | others |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for system in ("notify", "sio"):
+    for system in systems:
         for p in ladder_medians(data, system):
             c = p["cpu"]
             print(f"| {system} | {p['rate']:,} | {p['runs']} | {fmt(p['delivered_pct'], ' %', 2)} | "
                   f"{fmt(p['p50_ms'], '', 1)} | {fmt(p['p95_ms'])} | {fmt(p['p99_ms'])} | {fmt(p['max_ms'])} | "
-                  f"{fmt(p['producer_rate'])} | " + " | ".join(fmt(c[k]) for k in
-                                                               ("server", "worker", "redis", "postgres", "client",
-                                                                "producer", "others")) + " |")
+                  f"{fmt(p['producer_rate'])} | " + " | ".join(fmt(c[k]) for k in CPU_KEYS) + " |")
     print("\nClient and server CPU while opening the connections (% of one core, medians):",
           json.dumps({k: {kk: round(vv or 0) for kk, vv in v.items()} for k, v in extra["open_cpu"].items()}))
     if args.plot:

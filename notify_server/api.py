@@ -12,14 +12,14 @@ from aiohttp import web
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from notify_server import appkeys
+from notify_server.auth import REST, AuthUnavailable, rest_credentials
+from notify_server.identity import Identity
 from notify_server.metrics import CONTENT_TYPE_LATEST, render
 from notify_server.migrations import APPLIED_QUERY, missing_from
 from notify_server.notifications import UnknownCursor, UnreadState
 from notify_server.origins import origin_allowed
 from notify_server.schemas import NotificationItemSchema, first_error
-from notify_server.sessions import Session
 from notify_server.stores import describe, unavailable
-from notify_server.ws import SESSION_COOKIE
 
 logger = logging.getLogger("notify.api")
 
@@ -46,17 +46,27 @@ def json_error(status: int, code: str, message: str) -> web.Response:
 _STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type", 500: "internal_error",
+    503: "unavailable",
 }
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error under /api/ and /dev/ is `{"error": {"code", "message"}}`; no 5xx page escapes."""
+def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Every error under /api/ and /dev/ is `{"error": {"code", "message"}}`; no 5xx page escapes.
+
+    A plain function handing back the handler's own coroutine elsewhere: a WebSocket's handler runs for
+    the socket's life, and a middleware frame around it cost ~350 bytes of every idle socket."""
     if not request.path.startswith(("/api/", "/dev/")):
-        return await handler(request)
+        return handler(request)
+    return _json_errors(request, handler)
+
+
+json_errors.__middleware_version__ = 1  # type: ignore[attr-defined]  # what @web.middleware marks
+
+
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -76,26 +86,25 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 _SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 
 
-def request_token(request: web.Request) -> tuple[str | None, bool]:
-    """(token, whether it came from the cookie): `Authorization: Bearer` first, then `session_id`."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip(), False
-    return request.cookies.get(SESSION_COOKIE) or None, True
-
-
-async def authenticate(request: web.Request) -> Session:
-    token, from_cookie = request_token(request)
-    if from_cookie and request.method not in _SAFE_METHODS:
-        # Cross-site request forgery: a foreign page's POST carries the user's cookie too.
+async def authenticate(request: web.Request) -> Identity:
+    """The caller, by the methods of `auth.methods` (notify_server.auth); 401 when none accepts, 503 when
+    none could tell. An API key (X-API-Key) is no user credential: it authenticates nobody here."""
+    authenticator = request.app[appkeys.AUTH]
+    credentials = rest_credentials(request, authenticator.cookie_names)
+    if credentials.from_cookie and request.method not in _SAFE_METHODS:
+        # Cross-site request forgery: a foreign page's POST carries the user's cookies too (the session_id
+        # cookie, or whatever cookie the proxy method forwards).
         allowed = request.app[appkeys.SETTINGS].websocket.allowed_origins
         if not origin_allowed(request.headers.get("Origin"), allowed):
             raise web.HTTPForbidden(reason="origin not allowed for a cookie-authenticated change")
-    session = await request.app[appkeys.SESSIONS].validate(token)
-    if session is None:
+    try:
+        identity = await authenticator.authenticate(credentials, REST)
+    except AuthUnavailable:
+        raise web.HTTPServiceUnavailable(reason="temporarily unavailable; try again shortly") from None
+    if identity is None:
         request.app[appkeys.METRICS].auth_failures.labels("rest").inc()
         raise web.HTTPUnauthorized(reason="a valid session is required (cookie session_id or Bearer token)")
-    return session
+    return identity
 
 
 def _refuse_body(request: web.Request) -> None:

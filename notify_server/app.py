@@ -15,7 +15,8 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from notify_server import api, appkeys
+from notify_server import api, appkeys, openapi, publish
+from notify_server.auth import Authenticator
 from notify_server.batching import BatchLoader
 from notify_server.connections import NotificationWebSocketManager
 from notify_server.constants import CLOSE_GOING_AWAY
@@ -26,10 +27,12 @@ from notify_server.metrics import ServerMetrics
 from notify_server.notifications import NotificationRepository
 from notify_server.presence import Presence
 from notify_server.push import StreamPushTransport
+from notify_server.repair import PushGapRepair
 from notify_server.routing import PushRouter
 from notify_server.session_watch import SessionWatcher
 from notify_server.sessions import SessionStore
 from notify_server.settings import Settings
+from notify_server.sse import SSE_PATH, notifications_sse
 from notify_server.stores import describe, reconnect_if_stale, unavailable
 from notify_server.supervisor import LoopHealth, Supervisor
 from notify_server.ws import notifications_ws
@@ -56,11 +59,14 @@ def create_app(
     app = web.Application(middlewares=[api.json_errors], client_max_size=settings.limits.request_max_bytes)
     app[appkeys.SETTINGS] = settings
     app[appkeys.NODE_ID] = node_id or settings.server.node_id or new_node_id()
-    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, node_ctx, loops_ctx])
+    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, auth_ctx, node_ctx, loops_ctx])
     app.on_shutdown.append(drain_sockets)
     app.router.add_get("/ws/notifications", notifications_ws)
+    app.router.add_get(SSE_PATH, notifications_sse)
     app.router.add_get("/static/notify-client.js", browser_client)
     api.add_routes(app)
+    publish.add_routes(app)
+    openapi.add_routes(app)
     if extra_routes is not None:
         extra_routes(app)
     return app
@@ -86,6 +92,17 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.REDIS] = client
     yield
     await client.aclose()
+
+
+async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The session store and the auth methods over it (the proxy method's HTTP client opens here)."""
+    sessions = SessionStore(app[appkeys.DB])
+    authenticator = Authenticator(app[appkeys.SETTINGS].auth, sessions)
+    app[appkeys.SESSIONS] = sessions
+    app[appkeys.AUTH] = authenticator
+    await authenticator.open()
+    yield
+    await authenticator.close()
 
 
 async def node_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -135,16 +152,17 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
         read_block_ms=settings.push.read_block_ms,
     )
     app[appkeys.NOTIFICATIONS] = repository
-    app[appkeys.SESSIONS] = SessionStore(app[appkeys.DB])
     app[appkeys.PRESENCE] = presence
     app[appkeys.PUSH] = transport
     app[appkeys.ROUTER] = PushRouter(presence, transport)
+    app[appkeys.REPAIR] = repair = PushGapRepair(manager, repository)
     app[appkeys.SUPERVISOR] = Supervisor(
-        metrics.loop_restarts, on_failure=functools.partial(reconnect_if_stale, app[appkeys.REDIS])
+        metrics.loop_restarts, on_failure=functools.partial(reconnect_if_stale, app[appkeys.REDIS]),
+        on_change=repair.loop_changed,
     )
     app[appkeys.MANAGER] = manager
     app[appkeys.METRICS] = metrics
-    app[appkeys.SESSION_WATCHER] = SessionWatcher(manager, app[appkeys.SESSIONS])
+    app[appkeys.SESSION_WATCHER] = SessionWatcher(manager, app[appkeys.SESSIONS], app[appkeys.AUTH].revalidate)
     logger.info("node %s ready", node_id)
     yield
     await app[appkeys.SESSION_WATCHER].close()
@@ -166,6 +184,7 @@ async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
     supervisor.start("session-recheck", functools.partial(watcher.run_periodic, settings.session.recheck_interval_s))
     supervisor.start("heartbeat", functools.partial(
         run_heartbeat, manager, settings.heartbeat.interval_s, settings.heartbeat.timeout_s))
+    supervisor.start("delivery-repair", app[appkeys.REPAIR].run)
     yield
     await supervisor.stop()
     with contextlib.suppress(Exception):

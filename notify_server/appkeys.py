@@ -5,12 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
+from notify_server.apikeys import ApiKeyRing
+from notify_server.auth import Authenticator
 from notify_server.connections import NotificationWebSocketManager
 from notify_server.db import Database
 from notify_server.metrics import ServerMetrics
 from notify_server.notifications import NotificationRepository
 from notify_server.presence import Presence
 from notify_server.push import StreamPushTransport
+from notify_server.repair import PushGapRepair
 from notify_server.routing import PushRouter
 from notify_server.session_watch import SessionWatcher
 from notify_server.sessions import SessionStore
@@ -29,4 +32,8 @@ PUSH = web.AppKey("push", StreamPushTransport)
 ROUTER = web.AppKey("router", PushRouter)
 SESSION_WATCHER = web.AppKey("session_watcher", SessionWatcher)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
+REPAIR = web.AppKey("repair", PushGapRepair)
 METRICS = web.AppKey("metrics", ServerMetrics)
+AUTH = web.AppKey("auth", Authenticator)
+API_KEYS = web.AppKey("api_keys", ApiKeyRing)
+OPENAPI = web.AppKey("openapi", bytes)  # the serialised document of GET /api/openapi.json

@@ -17,6 +17,7 @@ import psycopg2.errors
 import redis.exceptions
 from redis.asyncio import Redis
 
+from notify_server.apikeys import new_api_key
 from notify_server.app import run_node
 from notify_server.db import Database
 from notify_server.dev import run_dev
@@ -29,6 +30,8 @@ from notify_server.revocations import publish_revocation
 from notify_server.sessions import SessionStore
 from notify_server.settings import ConfigError, Settings, load_settings
 from workers.consumer import EventConsumer  # the composition root: the only server module that imports workers
+from workers.context import WorkerContext
+from workers.pruning import prune_once
 
 logger = logging.getLogger("notify.cli")
 
@@ -101,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     emit.add_argument("--event-id", help="idempotency key (default: a new random id)")
 
     commands.add_parser("check", parents=[common], help="validate config, reach Postgres and Redis")
+
+    prune = commands.add_parser("prune", parents=[common], help="delete what retention.* no longer keeps")
+    prune.add_argument("--dry-run", action="store_true", help="count the rows it would delete, delete none")
+
+    apikey = commands.add_parser("apikey", help="API keys of the HTTP publish API (POST /api/events)")
+    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True, metavar="ACTION")
+    apikey_commands.add_parser("create", parents=[common],
+                               help="print a new key (once) and the SHA-256 to add to publish.api_key_hashes")
     return parser
 
 
@@ -222,6 +233,35 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apikey(settings: Settings, args: argparse.Namespace) -> int:
+    """Prints the key and its digest on stdout (`key: …`, `sha256: …`); the key is stored nowhere."""
+    key, digest = new_api_key()
+    print(f"key: {key}")
+    print(f"sha256: {digest}")
+    print("notify-server: give the key to the producer now (it is not shown again) and add the sha256 to "
+          "publish.api_key_hashes (or NOTIFY_PUBLISH_API_KEY_HASHES, comma-separated) on every node",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
+    """Prints `deleted read=N unread=N sessions=N` (`would delete …` with --dry-run) on stdout."""
+    settings.require_services()
+
+    async def prune() -> Any:
+        context = WorkerContext.build(settings)
+        try:
+            return await prune_once(context, dry_run=args.dry_run)
+        finally:
+            await context.close()
+
+    result = asyncio.run(prune())
+    if result is None:
+        raise CommandError("another prune is running (a worker or another `prune`); nothing deleted")
+    print(("would delete " if result.dry_run else "deleted ") + result.summary())
+    return 0
+
+
 COMMANDS = {
     "migrate": cmd_migrate,
     "serve": cmd_serve,
@@ -230,6 +270,8 @@ COMMANDS = {
     "session": cmd_session,
     "emit": cmd_emit,
     "check": cmd_check,
+    "prune": cmd_prune,
+    "apikey": cmd_apikey,
 }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -28,6 +29,7 @@ import orjson
 
 from notify_server.constants import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_TOO_SLOW
 from notify_server.frames import unread_count_frame
+from notify_server.identity import SESSION, Identity
 from notify_server.notifications import UnreadState
 from notify_server.push import PushJob
 
@@ -50,6 +52,7 @@ PresenceHook = Callable[[str], Awaitable[None]]
 
 PING_FRAME = b"\x89\x00"  # an empty server ping (FIN, opcode 9, unmasked): written as is, never waits
 PING_SLICE = 500  # sockets pinged between two yields to the event loop
+KEEPALIVE = ""  # what a streaming connection is sent instead of a ping (an SSE comment line)
 
 
 @dataclasses.dataclass(eq=False, slots=True)
@@ -57,14 +60,19 @@ class ConnectionState:
     """What the node knows of one socket beyond the map."""
 
     user_id: str
-    session_hash: str = ""
+    session_hash: str = ""  # the session's sha256, for sockets authenticated by the sessions table
+    identity: Identity | None = None  # who, by which auth method, and what re-checking needs (identity.py)
     opened_at: float = dataclasses.field(default_factory=time.monotonic)
     last_ping_at: float = 0.0
     last_pong_at: float = 0.0
-    expiry_timer: asyncio.TimerHandle | None = None
+    expires_at: float = 0.0  # loop time at which on_expiry runs (0: none); see set_expiry
+    on_expiry: Callable[[WebSocketLike], None] | None = None
     closing: bool = False  # a close was started: nothing more is queued for it
     close_code: int | None = None  # the code this node closed it with (the metric's label)
     transport: Any = None  # the socket's asyncio transport, to abort a stale one
+    # A one-way stream (Server-Sent Events, notify_server.sse): no pings and no pongs; the heartbeat
+    # queues a KEEPALIVE through its outbox, and a client that is gone fails that write.
+    streaming: bool = False
     unread_version: int = -1  # newest unread-count version queued for this socket
     # Notifications a catch-up replayed: a push of one of them can still be on its way (committed
     # before the catch-up query, pushed after it), so it is dropped until `replayed_until`.
@@ -108,22 +116,29 @@ class NotificationWebSocketManager:
         self._on_last_connection = on_last_connection
         self.on_frames_sent = on_frames_sent
         self._outboxes: dict[WebSocketLike, _Outbox] = {}
+        self._expiries: list[tuple[float, int, WebSocketLike]] = []  # heap of (deadline, seq, socket)
+        self._expiry_seq = 0
+        self._stale_expiries = 0  # heap entries of sockets gone or re-armed
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[Any]] = set()
 
     # ---------------------------------------------------------------- the map
 
     async def register_connection(
         self, user_id: str, ws: WebSocketLike, *, session_hash: str = "", hold: bool = False, transport: Any = None,
+        identity: Identity | None = None, streaming: bool = False,
     ) -> ConnectionState:
         """Add a socket to the user's set. With hold=True, frames pushed to it wait for `release`.
         `transport` (the socket's asyncio transport) lets the heartbeat ping without waiting and abort a
-        stale peer."""
+        stale peer. `identity`: how it authenticated (None: by the session `session_hash`)."""
         sockets = self._connections.get(user_id)
         first = sockets is None
         if sockets is None:
             sockets = self._connections[user_id] = set()
         sockets.add(ws)
-        state = self._states[ws] = ConnectionState(user_id=user_id, session_hash=session_hash, transport=transport)
+        state = self._states[ws] = ConnectionState(
+            user_id=user_id, session_hash=session_hash, transport=transport, identity=identity, streaming=streaming
+        )
         if hold:
             self._outboxes[ws] = _Outbox(held=True)
         if first and self._on_first_connection is not None:
@@ -134,8 +149,9 @@ class NotificationWebSocketManager:
     async def remove_connection(self, user_id: str, ws: WebSocketLike) -> None:
         """Drop one socket; drop the user's entry when it was the last one. Safe to call twice."""
         state = self._states.pop(ws, None)
-        if state is not None and state.expiry_timer is not None:
-            state.expiry_timer.cancel()
+        if state is not None and state.expires_at:
+            self._stale_expiries += 1
+            self._compact_expiries()
         outbox = self._outboxes.pop(ws, None)
         if outbox is not None and outbox.writer is not None and outbox.writer is not asyncio.current_task():
             outbox.writer.cancel()
@@ -382,6 +398,9 @@ class NotificationWebSocketManager:
             if state.closing:
                 continue
             state.last_ping_at = time.monotonic()
+            if state.streaming:
+                self._send(ws, KEEPALIVE)  # behind the frames queued; a full outbox closes it (4008)
+                continue
             pinged.append(ws)
             transport = state.transport
             if transport is not None:
@@ -421,22 +440,92 @@ class NotificationWebSocketManager:
     # ---------------------------------------------------------------- sessions
 
     def sockets_by_session(self, sockets: Iterable[WebSocketLike] | None = None) -> dict[str, list[WebSocketLike]]:
-        """{session hash: its open sockets}, of these sockets (default: all)."""
+        """{session hash: its open sockets}, of these sockets (default: all) that the sessions table vouches for."""
         by_hash: dict[str, list[WebSocketLike]] = {}
         for ws in list(self._states) if sockets is None else sockets:
             state = self._states.get(ws)
-            if state is not None and not state.closing:
+            if state is not None and not state.closing and (state.identity is None or state.identity.method == SESSION):
                 by_hash.setdefault(state.session_hash, []).append(ws)
         return by_hash
+
+    def sockets_by_credential(
+        self, sockets: Iterable[WebSocketLike] | None = None
+    ) -> dict[Identity, list[WebSocketLike]]:
+        """{identity: its open sockets}, of these sockets (default: all) authenticated by another method
+        than the sessions table (jwt, proxy): tabs sharing a credential share one identity key."""
+        by_identity: dict[Identity, list[WebSocketLike]] = {}
+        for ws in list(self._states) if sockets is None else sockets:
+            state = self._states.get(ws)
+            identity = state.identity if state is not None and not state.closing else None
+            if identity is not None and identity.method != SESSION:
+                by_identity.setdefault(identity, []).append(ws)
+        return by_identity
+
+    def set_identity(self, ws: WebSocketLike, identity: Identity) -> bool:
+        """Put a socket on a new credential of its own user (an in-band refresh); its expiry timer is
+        cancelled for the caller to set anew. False when the socket is gone, closing or another user's."""
+        state = self._states.get(ws)
+        if state is None or state.closing or identity.user_id != state.user_id:
+            return False
+        state.identity = identity
+        state.session_hash = identity.session_hash
+        self._cancel_expiry(state)
+        return True
+
+    def send_to(self, ws: WebSocketLike, text: str) -> None:
+        """Queue one frame for this one socket (an answer to its own client), behind what is queued."""
+        self._send(ws, text)
 
     def sockets_of_session(self, session_hash: str) -> list[WebSocketLike]:
         return [ws for ws, state in list(self._states.items()) if state.session_hash == session_hash]
 
     def set_expiry(self, ws: WebSocketLike, delay_s: float, on_expiry: Callable[[WebSocketLike], None]) -> None:
-        """Call on_expiry(ws) in delay_s (replacing an earlier timer); cancelled when the socket goes."""
+        """Call on_expiry(ws) in delay_s (replacing an earlier expiry); forgotten when the socket goes.
+
+        One timer for the whole node, over a heap of deadlines: an asyncio TimerHandle per socket cost
+        ~530 bytes of every idle socket (tracemalloc, bench/memory_probe.py); a heap entry ~70."""
         state = self._states.get(ws)
         if state is None:
             return
-        if state.expiry_timer is not None:
-            state.expiry_timer.cancel()
-        state.expiry_timer = asyncio.get_running_loop().call_later(max(0.0, delay_s), on_expiry, ws)
+        loop = asyncio.get_running_loop()
+        self._cancel_expiry(state)
+        self._compact_expiries()
+        state.expires_at = loop.time() + max(0.0, delay_s)
+        state.on_expiry = on_expiry
+        self._expiry_seq += 1
+        heapq.heappush(self._expiries, (state.expires_at, self._expiry_seq, ws))
+        if self._expiry_timer is None or self._expiry_timer.when() > state.expires_at:
+            if self._expiry_timer is not None:
+                self._expiry_timer.cancel()
+            self._expiry_timer = loop.call_at(state.expires_at, self._run_expiries)
+
+    def _cancel_expiry(self, state: ConnectionState) -> None:
+        if state.expires_at:
+            state.expires_at = 0.0
+            self._stale_expiries += 1
+
+    def _run_expiries(self) -> None:
+        self._expiry_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._expiries and self._expiries[0][0] <= now:
+            deadline, _, ws = heapq.heappop(self._expiries)
+            state = self._states.get(ws)
+            if state is None or state.expires_at != deadline or state.on_expiry is None:
+                self._stale_expiries = max(0, self._stale_expiries - 1)
+                continue  # the socket went, or its expiry moved
+            state.expires_at = 0.0
+            state.on_expiry(ws)
+        if self._expiries:
+            self._expiry_timer = loop.call_at(self._expiries[0][0], self._run_expiries)
+
+    def _compact_expiries(self) -> None:
+        """Drop heap entries of sockets gone or re-armed once they are half the heap (they hold sockets)."""
+        if self._stale_expiries * 2 <= len(self._expiries):
+            return
+        self._expiries = [
+            entry for entry in self._expiries
+            if (state := self._states.get(entry[2])) is not None and state.expires_at == entry[0]
+        ]
+        heapq.heapify(self._expiries)
+        self._stale_expiries = 0

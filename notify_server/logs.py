@@ -10,15 +10,16 @@ import time
 import orjson
 
 # Where a session token can stand in a log line: the query string (`token=…`, up to the next
-# parameter), a cookie (`session_id=…`, up to the next cookie) and an Authorization header.
+# parameter), a cookie (`session_id=…`, up to the next cookie), an Authorization header, and a publish
+# API key (`nsk_…`, notify_server.apikeys) wherever it is.
 _SECRET = re.compile(
-    r"(token=)[^&\s]+|(session_id=)[^;\s]+|(Bearer\s+)[^\s\"']+",
+    r"(token=)[^&\s]+|(session_id=)[^;\s]+|(Bearer\s+)[^\s\"']+|(nsk_)[A-Za-z0-9_-]+",
     re.IGNORECASE,
 )
 
 
 def redact(text: str) -> str:
-    return _SECRET.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "[redacted]", text)
+    return _SECRET.sub(lambda m: (m.group(1) or m.group(2) or m.group(3) or m.group(4)) + "[redacted]", text)
 
 
 class RedactingFormatter(logging.Formatter):

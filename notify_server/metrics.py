@@ -45,6 +45,14 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS_S, registry=self.registry,
         )
         self.loop_restarts = _loop_restarts(self.registry)
+        self.refreshes = Counter(
+            "notify_auth_refreshes", "In-band refresh frames, by result (ok, unauthorized, unavailable)",
+            ["result"], registry=self.registry,
+        )
+        self.published = Counter(
+            "notify_published_events", "Events sent to the HTTP publish API, by result (queued, duplicate, rejected)",
+            ["status"], registry=self.registry,
+        )
 
 
 class WorkerMetrics:
@@ -68,5 +76,9 @@ class WorkerMetrics:
         self.job_duration = Histogram(
             "notify_event_job_duration_seconds", "process_event duration", buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
+        )
+        self.rows_pruned = Counter(
+            "notify_rows_pruned", "Rows deleted by the retention prune, by kind (read, unread, sessions)",
+            ["kind"], registry=self.registry,
         )
         self.loop_restarts = _loop_restarts(self.registry)

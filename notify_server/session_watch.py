@@ -7,6 +7,13 @@
   queued and is applied as soon as Postgres answers again (the applier retries with a short backoff).
 - Re-check: every `session.recheck_interval_s`, one query validates every session this node holds, for
   changes made directly in the table.
+
+Sockets authenticated by another method (README "Authentication") follow the same timers:
+- jwt: closed with 4001 at the token's `exp` unless a `refresh` frame moved it (nothing to re-ask);
+- proxy: the app's endpoint is asked again on the periodic re-check and at the `expires_at` it gave,
+  once per distinct credential; 401/403 or another user closes with 4001. While the endpoint cannot
+  answer the sockets are kept (an app outage must not disconnect everyone), and one whose expiry has
+  passed is asked again every CREDENTIAL_RETRY_S.
 """
 
 from __future__ import annotations
@@ -14,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from redis.asyncio import Redis
 
+from notify_server.auth import AuthUnavailable
 from notify_server.connections import NotificationWebSocketManager, WebSocketLike
 from notify_server.constants import CLOSE_UNAUTHORIZED, SESSION_REVOKED_CHANNEL
+from notify_server.identity import Identity
 from notify_server.sessions import SessionStore
 from notify_server.stores import unavailable
 from notify_server.supervisor import LoopHealth
@@ -28,20 +37,29 @@ logger = logging.getLogger("notify.sessions")
 
 _RECHECK_CHUNK = 1000
 EXPIRY_RETRY_S = 1.0  # an expiry check that could not reach Postgres runs again this much later
+CREDENTIAL_RETRY_S = 5.0  # a proxied socket past its expiry, while the app's endpoint cannot tell
+CREDENTIAL_RECHECK_CONCURRENCY = 32  # calls to the app's endpoint in flight during one re-check
+
+Revalidate = Callable[[Identity], Awaitable["Identity | None"]]
 
 
 class SessionWatcher:
-    def __init__(self, manager: NotificationWebSocketManager, store: SessionStore) -> None:
+    def __init__(
+        self, manager: NotificationWebSocketManager, store: SessionStore, revalidate: Revalidate | None = None
+    ) -> None:
         self._manager = manager
         self._store = store
+        self._revalidate = revalidate  # jwt and proxy sockets (notify_server.auth.Authenticator.revalidate)
         self._tasks: set[asyncio.Task[None]] = set()
         self._revoked: set[str] = set()  # session hashes announced and not yet applied
         self._revoked_arrived = asyncio.Event()
 
     # ---------------------------------------------------------------- expiry timers
 
-    def watch(self, ws: WebSocketLike, expires_at: dt.datetime) -> None:
-        """Arrange for this socket to be re-checked when its session expires."""
+    def watch(self, ws: WebSocketLike, expires_at: dt.datetime | None) -> None:
+        """Arrange for this socket to be re-checked when its credential expires (None: it does not)."""
+        if expires_at is None:
+            return
         self._manager.set_expiry(ws, (expires_at - dt.datetime.now(dt.UTC)).total_seconds(), self._on_expiry)
 
     def _on_expiry(self, ws: WebSocketLike) -> None:
@@ -58,8 +76,14 @@ class SessionWatcher:
             self._manager.set_expiry(ws, EXPIRY_RETRY_S, self._on_expiry)
 
     async def recheck(self, sockets: Iterable[WebSocketLike] | None) -> int:
-        """Validate the sessions of these sockets (None: all); close with 4001 those no longer valid.
+        """Validate the credentials of these sockets (None: all); close with 4001 those no longer valid.
         Returns how many were closed."""
+        sockets = None if sockets is None else list(sockets)
+        closed = await self._recheck_sessions(sockets)
+        closed += await self._recheck_credentials(sockets)
+        return closed
+
+    async def _recheck_sessions(self, sockets: list[WebSocketLike] | None) -> int:
         by_hash = self._manager.sockets_by_session(sockets)
         hashes = list(by_hash)
         closed = 0
@@ -69,6 +93,9 @@ class SessionWatcher:
             for token_hash in chunk:
                 expires_at = live.get(token_hash)
                 for ws in by_hash[token_hash]:
+                    state = self._manager.state_of(ws)
+                    if state is None or state.session_hash != token_hash:
+                        continue  # refreshed onto another credential meanwhile
                     if expires_at is None:
                         self._manager.close_soon(ws, CLOSE_UNAUTHORIZED, b"session ended")
                         closed += 1
@@ -76,6 +103,47 @@ class SessionWatcher:
                         self.watch(ws, expires_at)
         if closed:
             logger.info("closed %d socket(s) whose session ended", closed)
+        return closed
+
+    async def _recheck_credentials(self, sockets: list[WebSocketLike] | None) -> int:
+        """jwt and proxy sockets: ask once per distinct credential (a bounded number at a time)."""
+        if self._revalidate is None:
+            return 0
+        by_identity = self._manager.sockets_by_credential(sockets)
+        if not by_identity:
+            return 0
+        revalidate = self._revalidate
+        limit = asyncio.Semaphore(CREDENTIAL_RECHECK_CONCURRENCY)
+
+        async def verdict(identity: Identity) -> Identity | None | AuthUnavailable:
+            async with limit:
+                try:
+                    return await revalidate(identity)
+                except AuthUnavailable as exc:
+                    return exc
+
+        verdicts = await asyncio.gather(*(verdict(identity) for identity in by_identity))
+        closed = undecided = 0
+        for (identity, group), fresh in zip(by_identity.items(), verdicts, strict=True):
+            for ws in group:
+                state = self._manager.state_of(ws)
+                if state is None or state.identity != identity:
+                    continue  # gone, or refreshed onto another credential meanwhile
+                if isinstance(fresh, AuthUnavailable):
+                    undecided += 1
+                    if identity.expired():
+                        self._manager.set_expiry(ws, CREDENTIAL_RETRY_S, self._on_expiry)
+                elif fresh is None:
+                    self._manager.close_soon(ws, CLOSE_UNAUTHORIZED, b"session ended")
+                    closed += 1
+                else:
+                    if fresh != identity:
+                        self._manager.set_identity(ws, fresh)
+                    self.watch(ws, fresh.expires_at)
+        if closed:
+            logger.info("closed %d socket(s) whose token or app session ended", closed)
+        if undecided:
+            logger.warning("kept %d proxied socket(s) unchecked: the app's endpoint could not tell", undecided)
         return closed
 
     # ---------------------------------------------------------------- background loops (supervised)

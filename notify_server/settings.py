@@ -20,6 +20,8 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
 from notify_server.constants import PRIORITIES
+from notify_server.identity import AUTH_METHODS, JWT, PROXY
+from notify_server.jwt_keys import HMAC_ALGORITHMS, JWT_ALGORITHMS, KeyFileError, hmac_secret_problem, load_public_key
 from notify_server.schemas import first_error
 from notify_server.templates import Template, TemplateError
 
@@ -46,15 +48,18 @@ Validator = Callable[[Any], Any]
 Validators = Validator | Sequence[Validator] | None
 
 
-def setting(default: _T, *, validate: Validators = None, item_validate: Validators = None, **options: Any) -> _T:
+def setting(
+    default: _T, *, validate: Validators = None, item_validate: Validators = None, secret: bool = False, **options: Any
+) -> _T:
     """One key of a section: its default and how a value from the file or the environment is checked.
 
     validate: marshmallow validator(s) for the value. item_validate: validator(s) for each item of a
     `tuple[str, ...]` key. options: any other keyword of the marshmallow field (e.g. allow_nan=True).
     The field itself follows the annotation: int, float, str, bool or tuple[str, ...].
+    secret=True keeps the value out of the section's repr (a JWT secret must not reach a log line).
     """
     metadata = {"validate": validate, "item_validate": item_validate, "options": options}
-    return dataclasses.field(default=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
 _AFTER_LOAD: dict[type, Callable[[Any], Any]] = {}
@@ -196,6 +201,17 @@ class RecoverySettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetentionSettings:
+    """How long old rows are kept (notify_server.retention) and how often a worker prunes them."""
+
+    read_days: int = setting(90, validate=_non_negative)  # 0: read ones go at the next prune
+    unread_days: int = setting(365, validate=_non_negative)  # 0: unread ones are never deleted
+    sessions_days: int = setting(7, validate=_non_negative)
+    interval_s: float = setting(3600.0, validate=_non_negative)  # 0: workers never prune
+    batch_rows: int = setting(5000, validate=validate.Range(min=1, max=100000))
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkerSettingsConfig:
     poll_delay_s: float = setting(0.25, validate=_positive)
     batch_max: int = setting(200, validate=validate.Range(min=1, max=5000))
@@ -204,6 +220,75 @@ class WorkerSettingsConfig:
     max_tries: int = setting(20, validate=validate.Range(min=1))
     retry_backoff_max_s: float = setting(60.0, validate=_positive)
     metrics_port: int = setting(0, validate=_port)  # 0: no metrics endpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    """How users are authenticated, on the WebSocket and the user REST API alike (README "Authentication")."""
+
+    methods: tuple[str, ...] = setting(
+        ("session",), validate=validate.Length(min=1), item_validate=validate.OneOf(AUTH_METHODS)
+    )
+    jwt_algorithms: tuple[str, ...] = setting(
+        ("HS256",), validate=validate.Length(min=1), item_validate=validate.OneOf(JWT_ALGORITHMS)
+    )
+    jwt_secret: str = setting("", secret=True)
+    jwt_public_key_file: str = setting("")
+    jwt_audience: str = setting("")
+    jwt_issuer: str = setting("")
+    jwt_user_claim: str = setting("sub", validate=validate.Length(min=1, max=200))
+    jwt_leeway_s: float = setting(0.0, validate=validate.Range(min=0, max=300))
+    proxy_url: str = setting("", validate=_url("http", "https"))
+    proxy_timeout_s: float = setting(2.0, validate=validate.Range(min=0, max=60, min_inclusive=False))
+    proxy_cookies: tuple[str, ...] = setting((), item_validate=validate.Length(min=1))
+
+
+@after_load(AuthSettings)
+def _auth_methods_have_their_keys(section: AuthSettings) -> AuthSettings:
+    # A method listed without what it needs would refuse every user at run time: refuse the config.
+    if len(set(section.methods)) != len(section.methods):
+        raise ValidationError("each method at most once", "methods")
+    if JWT in section.methods:
+        hmac_algorithms = [a for a in section.jwt_algorithms if a in HMAC_ALGORITHMS]
+        other_algorithms = [a for a in section.jwt_algorithms if a not in HMAC_ALGORITHMS]
+        if hmac_algorithms and not section.jwt_secret:
+            raise ValidationError(
+                f"required when auth.methods lists jwt with {hmac_algorithms[0]} (set NOTIFY_AUTH_JWT_SECRET)",
+                "jwt_secret",
+            )
+        problem = hmac_secret_problem(section.jwt_secret, hmac_algorithms)
+        if problem:
+            raise ValidationError(problem, "jwt_secret")
+        if other_algorithms and not section.jwt_public_key_file:
+            raise ValidationError(
+                f"required when auth.methods lists jwt with {other_algorithms[0]} (a PEM public key)",
+                "jwt_public_key_file",
+            )
+        if other_algorithms:
+            try:
+                load_public_key(section.jwt_public_key_file, other_algorithms)
+            except KeyFileError as exc:
+                raise ValidationError(str(exc), "jwt_public_key_file") from None
+    if PROXY in section.methods and not section.proxy_url:
+        raise ValidationError("required when auth.methods lists proxy (the app's endpoint)", "proxy_url")
+    return section
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishSettings:
+    """The HTTP publish API (POST /api/events): who may call it and how large a body may be."""
+
+    api_key_hashes: tuple[str, ...] = setting(
+        (), item_validate=validate.Regexp(
+            r"^[0-9a-fA-F]{64}$", error="a hex SHA-256 digest (64 characters) as `notify-server apikey create` prints"
+        )
+    )
+    max_body_bytes: int = setting(1048576, validate=validate.Range(min=1024, max=64 * 1048576))
+
+
+@after_load(PublishSettings)
+def _api_key_hashes_lower_case(section: PublishSettings) -> PublishSettings:
+    return dataclasses.replace(section, api_key_hashes=tuple(h.lower() for h in section.api_key_hashes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,9 +315,12 @@ class Settings:
     push: PushSettings = PushSettings()
     presence: PresenceSettings = PresenceSettings()
     recovery: RecoverySettings = RecoverySettings()
+    retention: RetentionSettings = RetentionSettings()
     worker: WorkerSettingsConfig = WorkerSettingsConfig()
     log: LogSettings = LogSettings()
     dev: DevSettings = DevSettings()
+    auth: AuthSettings = AuthSettings()
+    publish: PublishSettings = PublishSettings()
     templates: Mapping[str, Template] = dataclasses.field(default_factory=dict)
 
     def replace(self, **sections: Mapping[str, Any]) -> Settings:

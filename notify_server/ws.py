@@ -1,4 +1,5 @@
-"""`/ws/notifications`: authenticate, register, send the unread count, read until the socket ends."""
+"""`/ws/notifications`: authenticate, register, send the unread count, read until the socket ends
+(answering the client's in-band `refresh` frames, notify_server.refresh)."""
 
 from __future__ import annotations
 
@@ -7,27 +8,35 @@ import logging
 from aiohttp import WSMsgType, web
 
 from notify_server import appkeys
+from notify_server.auth import SESSION_COOKIE, WEBSOCKET, AuthUnavailable, websocket_credentials
+from notify_server.connections import WebSocketLike
 from notify_server.constants import CLOSE_ABNORMAL, CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
 from notify_server.frames import RESYNC_FRAME, notification_frame, unread_count_frame
 from notify_server.notifications import NotificationRepository, UnknownCursor
 from notify_server.origins import origin_allowed
+from notify_server.refresh import handle_refresh, refresh_token
 from notify_server.stores import describe, unavailable
 
 logger = logging.getLogger("notify.ws")
 
-SESSION_COOKIE = "session_id"
+__all__ = ["SESSION_COOKIE", "notifications_ws"]
+
 CLOSE_HANDSHAKE_TIMEOUT_S = 3.0
+_CLOSE_MESSAGES = {CLOSE_UNAUTHORIZED: b"unauthorized", CLOSE_TRY_AGAIN: b"try again later"}
 
 
-async def send_first_frames(request: web.Request, ws: web.WebSocketResponse, user_id: str) -> None:
-    """The unread count, then (with ?since=) the missed notifications, then whatever was held."""
+async def send_first_frames(
+    request: web.Request, ws: WebSocketLike, user_id: str, since: str | None = None
+) -> None:
+    """The unread count, then (with `since`, default ?since=) the missed notifications, then whatever
+    was held."""
     app = request.app
     settings = app[appkeys.SETTINGS]
     repository = app[appkeys.NOTIFICATIONS]
     unread = await repository.unread_state(user_id)
     first_frames = [unread_count_frame(unread.count, unread.version)]
     replayed: set[str] = set()
-    since = request.query.get("since")
+    since = since or request.query.get("since")
     if since:
         first_frames += await catch_up(repository, user_id, since, settings.recovery.max_replay, replayed)
     app[appkeys.MANAGER].release(
@@ -51,10 +60,6 @@ async def catch_up(
     return [notification_frame(n) for n in missed]
 
 
-def token_from_request(request: web.Request) -> str | None:
-    return request.cookies.get(SESSION_COOKIE) or request.query.get("token") or None
-
-
 async def notifications_ws(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[appkeys.SETTINGS]
@@ -71,23 +76,27 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
 
+    authenticator = app[appkeys.AUTH]
     try:
-        session = await app[appkeys.SESSIONS].validate(token_from_request(request))
+        identity = await authenticator.authenticate(
+            websocket_credentials(request, authenticator.cookie_names), WEBSOCKET
+        )
     except Exception as exc:
-        if not unavailable(exc):
+        if not (isinstance(exc, AuthUnavailable) or unavailable(exc)):
             raise
-        logger.warning("session store unreachable (%s): closing with %d", describe(exc), CLOSE_TRY_AGAIN)
+        if not isinstance(exc, AuthUnavailable):
+            logger.warning("session store unreachable (%s): closing with %d", describe(exc), CLOSE_TRY_AGAIN)
         metrics.disconnects.labels(str(CLOSE_TRY_AGAIN)).inc()
         await ws.close(code=CLOSE_TRY_AGAIN, message=b"try again later")
         return ws
-    if session is None:
+    if identity is None:
         metrics.auth_failures.labels("websocket").inc()
         metrics.disconnects.labels(str(CLOSE_UNAUTHORIZED)).inc()
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
 
     manager = app[appkeys.MANAGER]
-    if manager.count(session.user_id) >= settings.limits.max_connections_per_user:
+    if manager.count(identity.user_id) >= settings.limits.max_connections_per_user:
         metrics.disconnects.labels(str(CLOSE_TOO_MANY_CONNECTIONS)).inc()
         await ws.close(code=CLOSE_TOO_MANY_CONNECTIONS, message=b"too many connections")
         return ws
@@ -96,12 +105,12 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
     # is missed; frames pushed meanwhile wait behind the first frames (count, then any catch-up).
     closed_with: int | None = None
     try:
-        await manager.register_connection(session.user_id, ws, session_hash=session.token_hash, hold=True,
-                                          transport=request.transport)
+        await manager.register_connection(identity.user_id, ws, session_hash=identity.session_hash, hold=True,
+                                          transport=request.transport, identity=identity)
         metrics.connects.inc()
-        app[appkeys.SESSION_WATCHER].watch(ws, session.expires_at)
+        app[appkeys.SESSION_WATCHER].watch(ws, identity.expires_at)
         try:
-            await send_first_frames(request, ws, session.user_id)
+            await send_first_frames(request, ws, identity.user_id)
         except Exception as exc:
             if not unavailable(exc):
                 raise
@@ -117,10 +126,15 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
                 await ws.pong(message.data)
             elif message.type is WSMsgType.ERROR:
                 break
-            # Text and binary frames from clients carry nothing we need: read (size-limited) and ignored.
+            elif message.type is WSMsgType.TEXT and (token := refresh_token(message.data)) is not None:
+                closed_with = await handle_refresh(app, ws, identity.user_id, token)
+                if closed_with is not None:
+                    await ws.close(code=closed_with, message=_CLOSE_MESSAGES[closed_with])
+                    break
+            # Other frames from clients carry nothing we need: read (size-limited) and ignored.
     finally:
         state = manager.state_of(ws)
         code = closed_with or (state.close_code if state else None) or ws.close_code or CLOSE_ABNORMAL
         metrics.disconnects.labels(str(code)).inc()
-        await manager.remove_connection(session.user_id, ws)
+        await manager.remove_connection(identity.user_id, ws)
     return ws

@@ -127,9 +127,13 @@ class DevServer:
 
 @pytest.fixture
 def dev_server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[DevServer]:
+    yield from _dev_server(cli_env, tmp_path)
+
+
+def _dev_server(cli_env: dict[str, str], tmp_path: Path, **extra_env: str) -> Iterator[DevServer]:
     port = _free_port()
     python = REPO_ROOT / ".venv" / "bin" / "python"
-    env = {**cli_env, "NOTIFY_DEV_DATA_DIR": str(tmp_path / "dev-data"), "PYTHONUNBUFFERED": "1"}
+    env = {**cli_env, "NOTIFY_DEV_DATA_DIR": str(tmp_path / "dev-data"), "PYTHONUNBUFFERED": "1", **extra_env}
     log_path = tmp_path / "dev.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -495,5 +499,180 @@ def test_client_protocol_with_a_scripted_server(browser: Any) -> None:
         assert len(sockets) == 4
         assert page.evaluate("window.client.status") == "unauthorized"
         assert log()["statuses"][-1][0] == "unauthorized"
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------- getToken(): refresh in band (issue 12)
+
+JWT_SECRET = "browser-test-secret-" + "x" * 32
+TOKEN_LIFETIME_S = 3
+
+
+@pytest.fixture
+def jwt_dev_server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[DevServer]:
+    yield from _dev_server(cli_env, tmp_path, NOTIFY_AUTH_METHODS="session,jwt", NOTIFY_AUTH_JWT_SECRET=JWT_SECRET)
+
+
+def test_get_token_refreshes_across_expiry_without_a_visible_disconnect(
+    browser: Any, jwt_dev_server: DevServer
+) -> None:
+    """Tokens that live 3 s; the page's getToken() mints each (as the app's token endpoint would). Across
+    three lifetimes the client keeps ONE socket, status stays "open", it sends `refresh` frames before
+    each exp, and a notification emitted after the first token expired still arrives; REST works with
+    the current token."""
+    import jwt
+
+    minted: list[int] = []
+
+    def mint_token(user_id: str) -> str:
+        exp = int(time.time()) + TOKEN_LIFETIME_S
+        minted.append(exp)
+        return jwt.encode({"sub": user_id, "exp": exp}, JWT_SECRET, algorithm="HS256")
+
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        sockets: list[Any] = []
+        sent: list[str] = []
+        received: list[str] = []
+
+        def on_socket(ws: Any) -> None:
+            sockets.append(ws)
+            ws.on("framesent", lambda payload: sent.append(payload if isinstance(payload, str) else ""))
+            ws.on("framereceived", lambda payload: received.append(payload if isinstance(payload, str) else ""))
+
+        page.on("websocket", on_socket)
+        page.expose_function("mintToken", mint_token)
+        page.goto(jwt_dev_server.base_url + "/")
+        page.evaluate(
+            """async () => {
+                const { NotifyClient } = await import('/static/notify-client.js');
+                window.statuses = [];
+                window.notes = [];
+                window.client = new NotifyClient({
+                    getToken: () => window.mintToken('erin'),
+                    onStatus: (status) => window.statuses.push(status),
+                    onNotification: (n) => window.notes.push(n.body),
+                });
+                window.client.start();
+            }"""
+        )
+        page.wait_for_function("() => window.client.status === 'open'", timeout=UI_TIMEOUT_MS)
+        first_exp = minted[0]
+        page.wait_for_timeout(int((first_exp - time.time() + 2 * TOKEN_LIFETIME_S) * 1000))
+
+        assert time.time() > first_exp + TOKEN_LIFETIME_S  # the first token and a successor have expired
+        assert _emit(page, "PAYMENT_FAILED", ["erin"], {"last4": "1111"}) == 202
+        page.wait_for_function("() => window.notes.length === 1", timeout=UI_TIMEOUT_MS)
+        listed = page.evaluate("async () => (await window.client.list()).items.map(i => i.event_type)")
+        statuses = page.evaluate("window.statuses")
+        page.evaluate("window.client.stop()")
+
+        assert listed == ["PAYMENT_FAILED"]
+        assert statuses == ["connecting", "open"], statuses
+        assert len(sockets) == 1, f"{len(sockets)} WebSocket connects: the refresh reconnected"
+        refreshes = [json.loads(text) for text in sent if '"refresh"' in text]
+        assert len(refreshes) >= 2 and all(r["type"] == "refresh" and r["token"] for r in refreshes)
+        assert sum('"refreshed"' in text for text in received) >= 2
+        assert errors == []
+        log = jwt_dev_server.log()
+        assert "authentication refused" not in log and "refresh refused" not in log
+        assert not any(r["token"] in log for r in refreshes)  # ?token= and frames are never logged
+    finally:
+        context.close()
+
+
+def _fake_jwt(page: Any, seconds: float) -> str:
+    """A JWT-shaped credential expiring in `seconds` (the scripted server verifies nothing)."""
+    return page.evaluate(
+        """(seconds) => {
+            const part = (o) => btoa(JSON.stringify(o)).replace(/=+$/, '').replace(/\\+/g, '-').replace(/\\//g, '_');
+            return part({alg: 'HS256'}) + '.' + part({sub: 'u', exp: Date.now() / 1000 + seconds}) + '.sig';
+        }""",
+        seconds,
+    )
+
+
+def test_client_get_token_with_a_scripted_server(browser: Any) -> None:
+    """notify-client.js's getToken() against a scripted WebSocket: the first token in ?token=, a refresh
+    frame shortly before exp on the same socket, an opaque token's expiry taken from `refreshed`, and after
+    a 4001 one reconnect with a fresh token before giving up."""
+    from playwright.sync_api import Route, WebSocketRoute
+
+    context = browser.new_context()
+    sockets: list[WebSocketRoute] = []
+    frames: list[tuple[int, str]] = []
+
+    def serve(route: Route) -> None:
+        if route.request.url.endswith("/static/notify-client.js"):
+            route.fulfill(body=CLIENT_JS.read_text(), content_type="text/javascript")
+        else:
+            route.fulfill(body="<!doctype html><title>client</title>", content_type="text/html")
+
+    def accept(ws: WebSocketRoute) -> None:
+        index = len(sockets)
+        sockets.append(ws)
+        ws.on_message(lambda message: frames.append((index, str(message))))
+
+    try:
+        page = context.new_page()
+        page.route(f"{FAKE_ORIGIN}/**", serve)
+        page.route_web_socket(re.compile(r"^ws://notify\.test/ws/notifications"), accept)
+        page.goto(FAKE_ORIGIN + "/")
+        tokens = [_fake_jwt(page, 2.0), "opaque-second", _fake_jwt(page, 60), _fake_jwt(page, 60)]
+        page.evaluate(
+            """async (tokens) => {
+                const { NotifyClient } = await import('/static/notify-client.js');
+                window.given = [];
+                window.statuses = [];
+                window.unauthorized = 0;
+                window.client = new NotifyClient({
+                    backoffBaseMs: 20,
+                    getToken: async () => { const t = tokens[window.given.length]; window.given.push(t); return t; },
+                    onStatus: (s) => window.statuses.push(s),
+                    onUnauthorized: () => { window.unauthorized += 1; },
+                });
+                window.client.start();
+            }""",
+            tokens,
+        )
+        deadline = time.monotonic() + 5
+        while not sockets and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        first = sockets[0]
+        assert f"token={tokens[0]}" in first.url
+        first.send(_frame("unread_count", {"count": 0}))
+
+        # 2 s token: refreshed a quarter of its life before exp, on the same socket.
+        started = time.monotonic()
+        deadline = started + 3
+        while not frames and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        assert frames, "no refresh frame before the token expired"
+        assert 1.0 <= time.monotonic() - started <= 2.0
+        assert frames[0] == (0, json.dumps({"type": "refresh", "token": "opaque-second"}).replace(" ", ""))
+        # The server answers with the opaque credential's expiry: the next refresh is planned from it.
+        expires = page.evaluate("new Date(Date.now() + 1600).toISOString()")
+        first.send(_frame("refreshed", {"expires_at": expires}))
+        deadline = time.monotonic() + 3
+        while len(frames) < 2 and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        assert frames[1] == (0, json.dumps({"type": "refresh", "token": tokens[2]}).replace(" ", ""))
+        assert len(sockets) == 1 and page.evaluate("window.statuses") == ["connecting", "open"]
+
+        # 4001: one more connect with a fresh token, then (4001 again) stop.
+        first.close(code=4001, reason="unauthorized")
+        deadline = time.monotonic() + 3
+        while len(sockets) < 2 and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        assert len(sockets) == 2 and f"token={tokens[3]}" in sockets[1].url
+        sockets[1].close(code=4001, reason="unauthorized")
+        page.wait_for_function("() => window.unauthorized === 1")
+        page.wait_for_timeout(300)
+        assert len(sockets) == 2
+        assert page.evaluate("window.client.status") == "unauthorized"
     finally:
         context.close()

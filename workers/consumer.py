@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -25,14 +26,16 @@ from notify_server.eventqueue import ClaimedJob, Outcome, now_ms
 from notify_server.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, render
 from notify_server.settings import Settings
 from notify_server.stores import Fault, classify, reconnect_if_stale
-from notify_server.supervisor import Backoff, LoopHealth, report_failure
+from notify_server.supervisor import Backoff, LoopHealth, Supervisor, report_failure
 from workers.context import WorkerContext
 from workers.pipeline import Attempt, StoreUnavailable, Verdict, process_events
+from workers.pruning import PRUNE_LOOP_NAME, PruneLoop
 
 logger = logging.getLogger("notify.worker")
 
 LOOP_NAME = "event-consumer"
 MISCONFIGURED_LOG_INTERVAL_S = 60.0
+BACKGROUND_BACKOFF_MAX_S = 30.0  # longest wait before a failed background loop (the prune) runs again
 
 
 class EventConsumer:
@@ -63,6 +66,13 @@ class EventConsumer:
         self._stopping = asyncio.Event()
         self._metrics_runner: web.AppRunner | None = None
         self._misconfigured_logged_at = float("-inf")
+        self._unsettled: tuple[list[tuple[ClaimedJob, float]], list[Outcome], int] | None = None
+        # Loops beside the main one (the retention prune), each restarted after any failure.
+        self.background = Supervisor(
+            self.context.metrics.loop_restarts, backoff_max_s=BACKGROUND_BACKOFF_MAX_S,
+            on_failure=functools.partial(reconnect_if_stale, self.context.redis),
+        )
+        self.prune_loop: PruneLoop | None = None
 
     @property
     def metrics(self) -> WorkerMetrics:
@@ -89,6 +99,7 @@ class EventConsumer:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self.stop)
         await self._start_metrics()
+        self._start_background()
         logger.info("worker consuming %s (batches of up to %d)", self.context.queue.queue_name, self.batch_max)
         backoff = Backoff(max_s=5.0)
         while not self._stopping.is_set():
@@ -127,7 +138,15 @@ class EventConsumer:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
+    def _start_background(self) -> None:
+        """The periodic prune (retention.interval_s; none at 0, none in a burst run, which only drains)."""
+        if self.burst or self.settings.retention.interval_s <= 0 or self.prune_loop is not None:
+            return
+        self.prune_loop = PruneLoop(self.context)
+        self.background.start(PRUNE_LOOP_NAME, self.prune_loop.run)
+
     async def close(self) -> None:
+        await self.background.stop()  # a prune cut short rolls its batch back; the next one goes on
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -145,9 +164,12 @@ class EventConsumer:
             return web.Response(body=render(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         async def readyz(request: web.Request) -> web.Response:
-            if self.health.up:
+            down = self.background.down()
+            if not self.health.up:
+                down[LOOP_NAME] = self.health.last_error
+            if not down:
                 return web.json_response({"ready": True})
-            return web.json_response({"ready": False, "down": {LOOP_NAME: self.health.last_error}}, status=503)
+            return web.json_response({"ready": False, "down": down}, status=503)
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
@@ -161,6 +183,8 @@ class EventConsumer:
     async def poll_once(self) -> int:
         """Claim, run and finish one batch of due jobs; returns how many jobs were handled."""
         queue, policy = self.context.queue, self.context.policy
+        if self._unsettled is not None:
+            await self._settle_in_redis(*self._unsettled)  # before claiming anything new
         jobs = await queue.claim(self.batch_max)
         if not jobs:
             return 0
@@ -197,8 +221,7 @@ class EventConsumer:
                         self._settle([job], [result.result["reason"]], outcomes, retries)
                     else:
                         outcomes.append(Outcome(job, True, result.result))
-        await queue.retry(retries)
-        await queue.finish(outcomes, started_ms)
+        await self._settle_in_redis(retries, outcomes, started_ms)
         self.jobs_retried += len(retries)
         self.metrics.events_retried.inc(len(retries))
         for outcome in outcomes:
@@ -207,6 +230,18 @@ class EventConsumer:
             else:
                 self.jobs_failed += 1
         return len(jobs)
+
+    async def _settle_in_redis(
+        self, retries: list[tuple[ClaimedJob, float]], outcomes: list[Outcome], started_ms: int
+    ) -> None:
+        """Reschedule and finish a batch's jobs. When Redis refuses (down, read-only during a fail-over),
+        the batch's verdicts are kept and written first thing once it answers, instead of waiting for
+        the claims to lapse (job timeout + 10 s) and running the jobs again."""
+        self._unsettled = (retries, outcomes, started_ms)
+        await self.context.queue.retry(retries)
+        self._unsettled = ([], outcomes, started_ms)
+        await self.context.queue.finish(outcomes, started_ms)
+        self._unsettled = None
 
     def _settle(
         self, jobs: list[ClaimedJob], reasons: list[str], outcomes: list[Outcome],

@@ -17,6 +17,12 @@
  *   apiBase             prefix of the REST API. Default: "" (same origin, "/api/notifications/...").
  *   token               session token sent as ?token= (WebSocket) and "Authorization: Bearer" (REST);
  *                       leave unset to use the session_id cookie.
+ *   getToken            async () => credential (a session token or a JWT), called before connecting, for
+ *                       REST calls, and shortly before the credential expires: the new one is sent on the
+ *                       open socket as {"type": "refresh", "token": ...}, so the socket stays up. Also
+ *                       called once after a 4001 (a credential that ran out while asleep) before giving up.
+ *   refreshBeforeMs     refresh this long before the credential's exp (at most a quarter of the time left).
+ *                       Default 30000. exp is read from a JWT, else from the server's "refreshed" frame.
  *   useSince            default true: reconnect with ?since=<last notification_id seen> so the server can
  *                       replay what was missed (harmless when it does not).
  *   since               initial notification_id for ?since= (e.g. the newest one your page rendered).
@@ -44,6 +50,7 @@
  * Reconnection, by close code:
  *   1001 server shutting down  -> reconnect after a random delay (spreads the herd over other nodes)
  *   4001 unauthorized          -> stop; onUnauthorized() is called; no reconnect until start()
+ *                                 (with getToken: first one reconnect with a fresh credential)
  *   4008 too slow              -> reconnect with exponential backoff
  *   4029 too many connections  -> long delay (tooManyDelayMs), then reconnect
  *   anything else (1006, ...)  -> exponential backoff with full jitter: random(0, min(cap, base * 2^n))
@@ -87,6 +94,19 @@ function defaultUrl() {
   return `${scheme}//${location.host}/ws/notifications`;
 }
 
+/** The `exp` of a JWT in milliseconds, or null for any other credential (nothing is verified here). */
+function jwtExpiryMs(token) {
+  const parts = token.split(".");
+  if (parts.length !== 3) return null;
+  try {
+    const base64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, "=")));
+    return typeof claims.exp === "number" ? claims.exp * 1000 : null;
+  } catch (_) {
+    return null;
+  }
+}
+
 function randomId() {
   if (globalThis.crypto && crypto.randomUUID) return crypto.randomUUID();
   return Math.random().toString(36).slice(2) + Date.now().toString(36);
@@ -105,6 +125,8 @@ export class NotifyClient {
       url: null,
       apiBase: "",
       token: null,
+      getToken: null,
+      refreshBeforeMs: 30000,
       useSince: true,
       since: null,
       resyncOnReconnect: "auto",
@@ -140,6 +162,10 @@ export class NotifyClient {
     this._lastAt = 0; // created_at (ms) of _lastId, so a late, older item never moves `since` back
     this._lastVersion = null;
     this._channel = null;
+    this._credential = null; // from getToken(): {token, expMs} (expMs null when unknown)
+    this._refreshTimer = null;
+    this._connectRun = 0;
+    this._retriedUnauthorized = false;
     this._claims = new Map(); // notification_id -> best claim seen {tab, ts, hidden, done}
     this._onOnline = () => {
       if (this._running && this._timer && this._retryable) this._connectNow();
@@ -175,6 +201,7 @@ export class NotifyClient {
   _halt() {
     this._running = false;
     this._clearTimer();
+    this._clearRefresh();
     if (globalThis.removeEventListener) removeEventListener("online", this._onOnline);
     if (this._channel) {
       this._channel.close();
@@ -210,15 +237,20 @@ export class NotifyClient {
     return this._request("POST", "/api/notifications/read-all");
   }
 
-  async _request(method, path) {
+  async _request(method, path, retried = false) {
     const headers = { Accept: "application/json" };
-    if (this.options.token) headers.Authorization = `Bearer ${this.options.token}`;
+    const token = await this._currentToken();
+    if (token) headers.Authorization = `Bearer ${token}`;
     const response = await fetch(this.options.apiBase + path, {
       method,
       headers,
       credentials: this.options.apiBase ? "include" : "same-origin",
       cache: "no-store",
     });
+    if (response.status === 401 && this.options.getToken && !retried) {
+      this._credential = null; // ran out meanwhile: ask for a fresh one, once
+      return this._request(method, path, true);
+    }
     let body = null;
     try {
       body = await response.json();
@@ -234,9 +266,68 @@ export class NotifyClient {
 
   // ------------------------------------------------------------- WebSocket
 
-  _socketUrl(since) {
+  // ------------------------------------------------- credentials (getToken)
+
+  /** The credential for the next connect or REST call: options.token, or getToken()'s (cached until
+   * close to its expiry). */
+  async _currentToken() {
+    if (!this.options.getToken) return this.options.token;
+    const known = this._credential;
+    if (known && (known.expMs === null || known.expMs - Date.now() > this._refreshMargin(known))) return known.token;
+    return (await this._fetchCredential()).token;
+  }
+
+  async _fetchCredential() {
+    const token = await this.options.getToken();
+    if (typeof token !== "string" || !token) throw new Error("getToken() gave no token");
+    this._credential = { token, expMs: jwtExpiryMs(token), obtainedAt: Date.now() };
+    return this._credential;
+  }
+
+  _refreshMargin(credential) {
+    const lifetime = credential.expMs === null ? 0 : credential.expMs - credential.obtainedAt;
+    return Math.min(this.options.refreshBeforeMs, Math.max(0, lifetime) / 4);
+  }
+
+  /** Arrange the next in-band refresh, shortly before the current credential's exp. */
+  _scheduleRefresh() {
+    this._clearRefresh();
+    const credential = this._credential;
+    if (!this.options.getToken || !credential || credential.expMs === null || !this._ws) return;
+    const delay = Math.max(0, credential.expMs - Date.now() - this._refreshMargin(credential));
+    this._refreshTimer = setTimeout(() => this._refresh(credential), delay);
+  }
+
+  async _refresh(previous) {
+    this._refreshTimer = null;
+    const ws = this._ws;
+    let fresh;
+    try {
+      fresh = await this._fetchCredential();
+    } catch (error) {
+      console.error("notify-client: getToken failed; retrying", error);
+      if (ws && ws === this._ws) this._refreshTimer = setTimeout(() => this._refresh(previous), 1000);
+      return;
+    }
+    if (!ws || ws !== this._ws || ws.readyState !== WebSocket.OPEN) return; // the next connect uses it
+    if (fresh.expMs !== null && previous.expMs !== null && fresh.expMs <= previous.expMs) {
+      // getToken() handed back the same credential: ask again a little later rather than in a loop.
+      const wait = Math.max(500, (previous.expMs - Date.now()) / 2);
+      this._refreshTimer = setTimeout(() => this._refresh(previous), wait);
+      return;
+    }
+    ws.send(JSON.stringify({ type: "refresh", token: fresh.token }));
+    this._scheduleRefresh();
+  }
+
+  _clearRefresh() {
+    if (this._refreshTimer) clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+  }
+
+  _socketUrl(since, token) {
     const url = new URL(this.options.url || defaultUrl(), globalThis.location ? location.href : undefined);
-    if (this.options.token) url.searchParams.set("token", this.options.token);
+    if (token) url.searchParams.set("token", token);
     if (since) url.searchParams.set("since", since);
     return url.toString();
   }
@@ -245,10 +336,28 @@ export class NotifyClient {
     this._timer = null;
     if (!this._running) return;
     this._setStatus("connecting", { attempt: this._attempt });
+    if (!this.options.getToken) {
+      this._open(this.options.token);
+      return;
+    }
+    const run = ++this._connectRun;
+    this._currentToken().then(
+      (token) => {
+        if (this._running && run === this._connectRun) this._open(token);
+      },
+      (error) => {
+        if (!this._running || run !== this._connectRun) return;
+        this._retryable = true;
+        this._scheduleReconnect(this._backoffDelay(), { error: String(error) });
+      },
+    );
+  }
+
+  _open(token) {
     const since = this.options.useSince ? this._lastId : null;
     let ws;
     try {
-      ws = new WebSocket(this._socketUrl(since));
+      ws = new WebSocket(this._socketUrl(since, token));
     } catch (error) {
       this._retryable = true;
       this._scheduleReconnect(this._backoffDelay(), { error: String(error) });
@@ -266,6 +375,8 @@ export class NotifyClient {
         // "open" (authenticated) only from its first frame on, never for a socket about to get 4001.
         welcomed = true;
         this._connects += 1;
+        this._retriedUnauthorized = false;
+        this._scheduleRefresh();
         this._lastVersion = null; // the first count of a connection is read fresh: always taken
         this._setStatus("open");
         const resync = this.options.resyncOnReconnect;
@@ -288,11 +399,21 @@ export class NotifyClient {
   }
 
   _onClose(code, reason) {
+    this._clearRefresh();
     if (!this._running) return;
     const stayedUp = this._openedAt && Date.now() - this._openedAt >= this.options.stableAfterMs;
     this._openedAt = 0;
     if (stayedUp) this._attempt = 0;
     const info = { code, reason };
+    if (code === CLOSE_UNAUTHORIZED && this.options.getToken && !this._retriedUnauthorized) {
+      // The credential may have run out while the page slept (timers do not fire then): one more try
+      // with a fresh one from getToken() before giving up.
+      this._retriedUnauthorized = true;
+      this._credential = null;
+      this._retryable = true;
+      this._scheduleReconnect(0, info);
+      return;
+    }
     if (code === CLOSE_UNAUTHORIZED) {
       this._halt();
       this._setStatus("unauthorized", info);
@@ -365,6 +486,15 @@ export class NotifyClient {
       this._safe(this.onUnreadCount, data.count);
     } else if (frame.type === "resync") {
       this._safe(this.onResync, { reason: "server" });
+    } else if (frame.type === "refreshed") {
+      // The server moved this socket onto the refreshed credential; an opaque one (not a JWT) learns
+      // its expiry here.
+      const credential = this._credential;
+      const expMs = data.expires_at ? Date.parse(data.expires_at) : null;
+      if (credential && credential.expMs === null && expMs) {
+        credential.expMs = expMs;
+        this._scheduleRefresh();
+      }
     }
   }
 

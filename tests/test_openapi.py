@@ -1,0 +1,188 @@
+"""`GET /api/openapi.json` (issue 12): a valid OpenAPI 3.1 document that cannot drift from the code.
+
+The document is validated with openapi-spec-validator; its paths are exactly the app's REST routes; and
+real responses of a real node — every documented status of every operation, success and error alike,
+503s from a node whose stores are away — are checked against its schemas, and each must be documented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_spec
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from notify_server.app import create_app
+from notify_server.notifications import NewNotifications, NotificationRepository, Recipient
+from notify_server.openapi import OPENAPI_PATH, build_document
+from notify_server.sessions import SessionStore
+from notify_server.settings import Settings
+from tests.fakes import claim_rejected, start_node
+from tests.helpers import insert
+from tests.test_api import store
+from tests.test_publish import DIGEST, KEY
+from tests.tokens import hs256_key
+
+DOCUMENT_URI = "urn:notify-server:openapi"
+# Not REST: the streaming transports (described in the README, like their frames) and the browser client.
+NOT_REST = {"/ws/notifications", "/sse/notifications", "/static/notify-client.js"}
+UNREACHABLE = {"database": {"url": "postgresql://postgres@127.0.0.1:1/none"}, "redis": {"url": "redis://127.0.0.1:1/0"}}
+
+
+def _pointer(*parts: str) -> str:
+    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+class Conformance:
+    """Checks real responses against the document and remembers which (path, method, status) it saw."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        resource = Resource.from_contents(document, default_specification=DRAFT202012)
+        self.registry: Registry[Any] = Registry().with_resource(DOCUMENT_URI, resource)
+        self.seen: set[tuple[str, str, str]] = set()
+
+    def documented(self) -> set[tuple[str, str, str]]:
+        return {(path, method, status) for path, operations in self.document["paths"].items()
+                for method, operation in operations.items() for status in operation["responses"]}
+
+    async def check(self, path: str, method: str, pending: Awaitable[ClientResponse]) -> ClientResponse:
+        response = await pending
+        status = str(response.status)
+        responses = self.document["paths"][path][method]["responses"]
+        assert status in responses, f"{method.upper()} {path} answered {status}: undocumented ({await response.text()})"
+        content = responses[status]["content"]
+        assert response.content_type in content, f"{method.upper()} {path} {status}: {response.content_type}"
+        body: Any = await response.json() if response.content_type == "application/json" else await response.text()
+        pointer = _pointer("paths", path, method, "responses", status, "content", response.content_type, "schema")
+        validator = Draft202012Validator({"$ref": f"{DOCUMENT_URI}#{pointer}"}, registry=self.registry,
+                                         format_checker=Draft202012Validator.FORMAT_CHECKER)
+        errors = sorted(validator.iter_errors(body), key=str)
+        assert not errors, f"{method.upper()} {path} {status}: {errors[0].message} in {body!r}"
+        self.seen.add((path, method, status))
+        return response
+
+
+@pytest.fixture
+def configured(settings: Settings, tmp_path: Path) -> Settings:
+    return hs256_key().settings(settings, tmp_path).replace(publish={"api_key_hashes": (DIGEST,),
+                                                                     "max_body_bytes": 4096})
+
+
+async def test_the_served_document_is_valid_openapi_3_1(aiohttp_client, configured: Settings) -> None:
+    client = await aiohttp_client(create_app(configured))
+
+    response = await client.get(OPENAPI_PATH)
+
+    assert response.status == 200 and response.content_type == "application/json"
+    document = await response.json()
+    assert document["openapi"].startswith("3.1")
+    validate_spec(document)
+    assert document == build_document(configured)
+
+
+def test_every_rest_route_is_documented_and_nothing_else(configured: Settings) -> None:
+    app = create_app(configured)
+    routes = {(resource.canonical, route.method.lower())
+              for resource in app.router.resources() for route in resource
+              if route.method != "HEAD" and resource.canonical not in NOT_REST}
+
+    documented = {(path, method) for path, operations in build_document(configured)["paths"].items()
+                  for method in operations}
+
+    assert routes == documented
+
+
+async def test_real_responses_of_every_documented_status_conform(
+    aiohttp_client, configured: Settings, sessions: SessionStore, repository: NotificationRepository
+) -> None:
+    node = await start_node(aiohttp_client, configured)
+    away = await aiohttp_client(create_app(configured.replace(**UNREACHABLE), node_id="away"))
+    conformance = Conformance(build_document(configured))
+    check = conformance.check
+    token = (await sessions.create("alice", ttl_s=3600)).token
+    user = {"Authorization": "Bearer " + token}
+    cookie_from_elsewhere = {"Cookie": "session_id=" + token, "Origin": "http://evil.example"}
+    publisher = {"X-API-Key": KEY}
+    (notification_id,) = await store(repository, "alice", 1)
+    oversized = b"x" * (configured.limits.request_max_bytes + 1)
+    over_publish = b"x" * (configured.publish.max_body_bytes + 1)
+    read_path = "/api/notifications/{notification_id}/read"
+    read_url = f"/api/notifications/{notification_id}/read"
+
+    # The user API.
+    listed = await check("/api/notifications", "get", node.get("/api/notifications", headers=user))
+    assert len((await listed.json())["items"]) == 1
+    await check("/api/notifications", "get", node.get("/api/notifications?limit=0", headers=user))
+    await check("/api/notifications", "get", node.get("/api/notifications"))
+    await check("/api/notifications", "get", away.get("/api/notifications", headers=user))
+    for url in ("/api/notifications/unread-count",):
+        await check(url, "get", node.get(url, headers=user))
+        await check(url, "get", node.get(url))
+        await check(url, "get", away.get(url, headers=user))
+    await check(read_path, "post", node.post(read_url, headers=user))
+    await check(read_path, "post", node.post(read_url))
+    await check(read_path, "post", node.post(read_url, headers=cookie_from_elsewhere))
+    await check(read_path, "post", node.post(f"/api/notifications/{uuid.uuid4()}/read", headers=user))
+    await check(read_path, "post", node.post(read_url, headers=user, data=oversized))
+    await check(read_path, "post", away.post(read_url, headers=user))
+    read_all = "/api/notifications/read-all"
+    await check(read_all, "post", node.post(read_all, headers=user))
+    await check(read_all, "post", node.post(read_all))
+    await check(read_all, "post", node.post(read_all, headers=cookie_from_elsewhere))
+    await check(read_all, "post", node.post(read_all, headers=user, data=oversized))
+    await check(read_all, "post", away.post(read_all, headers=user))
+
+    # The publish API.
+    event = claim_rejected("oas-1", "alice")
+    await check("/api/events", "post", node.post("/api/events", json=event, headers=publisher))
+    await check("/api/events", "post", node.post("/api/events", json={**event, "priority": "NOW"}, headers=publisher))
+    await check("/api/events", "post", node.post("/api/events", json=event))
+    await check("/api/events", "post", node.post("/api/events", data=over_publish, headers=publisher))
+    await check("/api/events", "post", away.post("/api/events", json=event, headers=publisher))
+    batch = {"events": [event, claim_rejected("oas-2", "alice"), {"event_id": "bad"}]}
+    answered = await check("/api/events/batch", "post", node.post("/api/events/batch", json=batch, headers=publisher))
+    assert [r["status"] for r in (await answered.json())["results"]] == ["duplicate", "queued", "rejected"]
+    await check("/api/events/batch", "post", node.post("/api/events/batch", json={"events": []}, headers=publisher))
+    await check("/api/events/batch", "post", node.post("/api/events/batch", json=batch))
+    await check("/api/events/batch", "post", node.post("/api/events/batch", data=over_publish, headers=publisher))
+    await check("/api/events/batch", "post", away.post("/api/events/batch", json=batch, headers=publisher))
+
+    # Health, readiness, metrics, the document itself.
+    await check(OPENAPI_PATH, "get", node.get(OPENAPI_PATH))
+    await check("/healthz", "get", node.get("/healthz"))
+    deadline = time.monotonic() + 10
+    while (await node.get("/readyz")).status != 200 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # the node's loops report in
+    await check("/readyz", "get", node.get("/readyz"))
+    await check("/readyz", "get", away.get("/readyz"))
+    await check("/metrics", "get", node.get("/metrics"))
+
+    assert conformance.documented() - conformance.seen == set(), "documented but never seen in a real response"
+
+
+async def test_an_item_without_optional_values_conforms(
+    aiohttp_client, configured: Settings, sessions: SessionStore, repository: NotificationRepository
+) -> None:
+    """A notification with every optional column empty (no action_url, read) still conforms."""
+    node = await start_node(aiohttp_client, configured)
+    token = (await sessions.create("bob", ttl_s=3600)).token
+    (stored,) = await insert(repository, NewNotifications(
+        event_id="bare", event_type="COMMENT_ADDED", title="t", body="b", priority="LOW", action_url=None,
+        metadata={}, recipients=[Recipient("bob")]))
+    conformance = Conformance(build_document(configured))
+    headers = {"Authorization": "Bearer " + token}
+
+    await conformance.check("/api/notifications/{notification_id}/read", "post",
+                            node.post(f"/api/notifications/{stored.notification_id}/read", headers=headers))
+    await conformance.check("/api/notifications", "get", node.get("/api/notifications?unread_only=true",
+                                                                   headers=headers))
