@@ -241,7 +241,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await s.open(users, 2, 100)
                     await measured_step(s, users, 100, 3, cluster_pids(data_dir), redis_pid, None)  # warm-up
                     for rate in args.rates:
-                        profile_dir = tempfile.mkdtemp(prefix="notify-budget-prof-")
+                        profile_dir = args.keep_profiles or tempfile.mkdtemp(prefix="notify-budget-prof-")
                         step = await measured_step(s, users, rate, args.seconds, cluster_pids(data_dir), redis_pid,
                                                    profile_dir)
                         step["worker_stages"] = stage_split(profile_dir, str(rate), "worker", WORKER_STAGES)
@@ -249,7 +249,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         step["run"] = run_index
                         result["runs"].append(step)
                         print(json.dumps(step), flush=True)
-                        shutil.rmtree(profile_dir, ignore_errors=True)
+                        if not args.keep_profiles:
+                            shutil.rmtree(profile_dir, ignore_errors=True)
                 finally:
                     await clients.shutdown()
                     await producers.shutdown()
@@ -308,6 +309,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--out", default="")
+    parser.add_argument("--keep-profiles", default="", metavar="DIR", help="keep the py-spy profiles here")
     args = parser.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
     result = asyncio.run(run(args))

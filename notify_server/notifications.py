@@ -110,107 +110,52 @@ class NotificationRepository:
         recipients' unread counters; one StoredEvent per event, in order. Rows that exist (same event
         and recipient) are left as they are and counted nowhere: idempotent.
 
-        The counters are bumped *before* the rows are inserted: that takes each recipient's counter
-        lock (in user order, so concurrent batches cannot deadlock), so one user's rows get their seq
-        in commit order and a catch-up "after seq N" never skips a row committed later with a lower seq.
-        """
+        One round trip: the database function `notify_store_events` (migrations/0005) does it all, with
+        the counters bumped *before* the rows are inserted (each recipient's counter lock taken first, in
+        user order: concurrent batches cannot deadlock, and one user's rows get their seq in commit
+        order, so a catch-up "after seq N" never skips a row committed later with a lower seq).
+        Only seq, id and created_at come back per row; the rest is already in memory."""
         if not events:
             return []
         by_id = {new.event_id: new for new in events}
-        async with self._db.connection() as conn, conn.cursor() as cur:
-            async with cur.begin():
-                # Pairs stored by an earlier try of the same events (a retry, a duplicate): skipped.
-                await cur.execute(
-                    "SELECT event_id, recipient_id FROM notifications WHERE event_id = ANY(%s)", (list(by_id),)
-                )
-                existing = {(row[0], row[1]) for row in await cur.fetchall()}
-                pairs = [
-                    (new.event_id, r.user_id, r.email)
-                    for new in events for r in new.recipients if (new.event_id, r.user_id) not in existing
-                ]
-                expected: dict[str, int] = {}
-                for _, user_id, _ in pairs:
-                    expected[user_id] = expected.get(user_id, 0) + 1
-                unread = await self._bump(cur, expected)
-                inserted = await self._insert(cur, by_id, pairs) if pairs else []
-                if len(inserted) < len(pairs):
-                    # A concurrent try of the same event stored some pairs first: count those once.
-                    for n in inserted:
-                        expected[n.recipient_id] -= 1
-                    unread.update(await self._bump(cur, {u: -n for u, n in expected.items() if n}))
-        by_event: dict[str, list[Notification]] = {}
-        for n in inserted:
-            by_event.setdefault(n.event_id, []).append(n)
-        results = []
-        for new in events:
-            rows = by_event.get(new.event_id, [])
-            states = {n.recipient_id: unread[n.recipient_id] for n in rows}
-            results.append(StoredEvent(notifications=rows, unread=states))
-        return results
-
-    @staticmethod
-    async def _bump(cur: Any, deltas: dict[str, int]) -> dict[str, UnreadState]:
-        """Add deltas to users' unread counters (one new version each); their new states."""
-        if not deltas:
-            return {}
-        users = sorted(deltas)
-        # A negative delta (the correction above) only ever meets an existing row, so EXCLUDED.unread
-        # carries the delta itself.
-        await cur.execute(
-            "INSERT INTO unread_counters AS c (user_id, unread, version)"
-            " SELECT d.u, d.n, 1 FROM unnest(%s::text[], %s::int[]) AS d(u, n) ORDER BY d.u"
-            " ON CONFLICT (user_id) DO UPDATE"
-            " SET unread = GREATEST(c.unread + EXCLUDED.unread, 0), version = c.version + 1"
-            " RETURNING user_id, unread, version",
-            (users, [deltas[u] for u in users]),
-        )
-        return {row[0]: UnreadState(int(row[1]), int(row[2])) for row in await cur.fetchall()}
-
-    @staticmethod
-    async def _insert(
-        cur: Any, by_id: dict[str, NewNotifications], pairs: list[tuple[str, str, str | None]]
-    ) -> list[Notification]:
-        """Insert the (event, recipient, email) rows; returns those inserted, built from the events
-        (only seq, id and created_at come back from Postgres: ~10 times less to parse per row)."""
         event_ids = list(by_id)
         position = {event_id: i for i, event_id in enumerate(event_ids, start=1)}
-        await cur.execute(
-            "INSERT INTO notifications (recipient_id, recipient_email, event_id, event_type,"
-            " title, body, priority, action_url, metadata)"
-            " SELECT r.id, r.email, e.event_id, e.event_type, e.title, e.body, e.priority,"
-            " e.action_url, e.metadata::jsonb"
-            " FROM unnest(%(ids)s::text[], %(emails)s::text[], %(ev)s::int[])"
-            "   WITH ORDINALITY AS r(id, email, ev, ord)"
-            " JOIN unnest(%(event_ids)s::text[], %(types)s::text[], %(titles)s::text[], %(bodies)s::text[],"
-            "   %(priorities)s::text[], %(urls)s::text[], %(metadata)s::text[])"
-            "   WITH ORDINALITY AS e(event_id, event_type, title, body, priority, action_url, metadata, ev)"
-            "   USING (ev)"
-            " ORDER BY r.ord"
-            " ON CONFLICT (event_id, recipient_id) DO NOTHING"
-            " RETURNING seq, notification_id, event_id, recipient_id, recipient_email, created_at",
-            {
-                "ids": [user_id for _, user_id, _ in pairs],
-                "emails": [email for _, _, email in pairs],
-                "ev": [position[event_id] for event_id, _, _ in pairs],
-                "event_ids": event_ids,
-                "types": [by_id[e].event_type for e in event_ids],
-                "titles": [by_id[e].title for e in event_ids],
-                "bodies": [by_id[e].body for e in event_ids],
-                "priorities": [by_id[e].priority for e in event_ids],
-                "urls": [by_id[e].action_url for e in event_ids],
-                "metadata": [orjson.dumps(by_id[e].metadata).decode() for e in event_ids],
-            },
-        )
-        inserted = []
-        for seq, notification_id, event_id, recipient_id, email, created_at in await cur.fetchall():
+        recipients = [(new.event_id, r) for new in by_id.values() for r in new.recipients]
+        async with self._db.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT * FROM notify_store_events(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+                " %s::text[], %s::text[], %s::text[], %s::text[], %s::int[])",
+                (
+                    event_ids,
+                    [by_id[e].event_type for e in event_ids],
+                    [by_id[e].title for e in event_ids],
+                    [by_id[e].body for e in event_ids],
+                    [by_id[e].priority for e in event_ids],
+                    [by_id[e].action_url for e in event_ids],
+                    [orjson.dumps(by_id[e].metadata).decode() for e in event_ids],
+                    [r.user_id for _, r in recipients],
+                    [r.email for _, r in recipients],
+                    [position[event_id] for event_id, _ in recipients],
+                ),
+            )
+            rows = await cur.fetchall()
+        by_event: dict[str, list[Notification]] = {}
+        states: dict[str, UnreadState] = {}
+        for seq, notification_id, event_id, recipient_id, email, created_at, unread, version in rows:
             new = by_id[event_id]
-            inserted.append(Notification(
+            by_event.setdefault(event_id, []).append(Notification(
                 seq=seq, notification_id=str(notification_id), recipient_id=recipient_id, recipient_email=email,
                 event_id=event_id, event_type=new.event_type, title=new.title, body=new.body,
                 priority=new.priority, action_url=new.action_url, metadata=new.metadata,
                 created_at=created_at, read_at=None,
             ))
-        return inserted
+            states[recipient_id] = UnreadState(int(unread), int(version))
+        results = []
+        for new in events:
+            stored = by_event.get(new.event_id, [])
+            results.append(StoredEvent(notifications=stored, unread={n.recipient_id: states[n.recipient_id]
+                                                                      for n in stored}))
+        return results
 
     async def of_events(self, event_ids: Sequence[str]) -> list[Notification]:
         """Every stored row of these events (a retried event pushes what an earlier try stored)."""

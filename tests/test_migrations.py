@@ -13,7 +13,10 @@ import pytest
 
 from notify_server.migrations import apply_migrations
 
-EXPECTED_MIGRATIONS = ["0001_sessions", "0002_notifications", "0003_unread_counters", "0004_retention_indexes"]
+EXPECTED_MIGRATIONS = [
+    "0001_sessions", "0002_notifications", "0003_unread_counters", "0004_retention_indexes",
+    "0005_store_events_function",
+]
 
 
 @contextmanager
