@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 import orjson
 from aiohttp import web
@@ -38,7 +39,8 @@ SSE_PATH = "/sse/notifications"
 SSE = "sse"  # the transport's name in logs, metrics and the connect proxy's request
 _FRAME_HEAD = b'{"type":"'
 _DATA_KEY = b'","data":'
-CLOSED_POLL_S = 1.0  # how often a stream checks that its client is still there between writes
+CLOSED_POLL_S = 1.0
+RETRY_MIN_MS, RETRY_MAX_MS = 1000, 5000  # how often a stream checks that its client is still there between writes
 
 
 def encode_event(frame: str) -> bytes:
@@ -128,6 +130,9 @@ async def notifications_sse(request: web.Request) -> web.StreamResponse:
         "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
     })
     await response.prepare(request)
+    # EventSource reconnects by itself after this many ms: jittered, so that the clients of a node that
+    # went away do not all come back in the same instant.
+    await response.write(b"retry: %d\n\n" % random.randint(RETRY_MIN_MS, RETRY_MAX_MS))
     stream = SseStream(response, request.transport)
     try:
         await manager.register_connection(identity.user_id, stream, session_hash=identity.session_hash, hold=True,

@@ -131,23 +131,26 @@ def dev_server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[DevServer]:
 
 
 def _dev_server(cli_env: dict[str, str], tmp_path: Path, **extra_env: str) -> Iterator[DevServer]:
-    port = _free_port()
+    server = _start_dev(cli_env, tmp_path, _free_port(), "dev.log", **extra_env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+
+
+def _start_dev(cli_env: dict[str, str], tmp_path: Path, port: int, log_name: str, **extra_env: str) -> DevServer:
     python = REPO_ROOT / ".venv" / "bin" / "python"
     env = {**cli_env, "NOTIFY_DEV_DATA_DIR": str(tmp_path / "dev-data"), "PYTHONUNBUFFERED": "1", **extra_env}
-    log_path = tmp_path / "dev.log"
+    log_path = tmp_path / log_name
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(python if python.exists() else sys.executable), "-m", "notify_server", "dev",
              "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
-    server = DevServer(process, log_path, f"http://127.0.0.1:{port}")
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        if process.poll() is None:
-            server.stop()
+    return DevServer(process, log_path, f"http://127.0.0.1:{port}")
 
 
 def _badge(page: Any) -> Any:
@@ -674,5 +677,326 @@ def test_client_get_token_with_a_scripted_server(browser: Any) -> None:
         page.wait_for_timeout(300)
         assert len(sockets) == 2
         assert page.evaluate("window.client.status") == "unauthorized"
+    finally:
+        context.close()
+
+
+# ------------------------------------------------------- Server-Sent Events where WebSockets are blocked (issue 13)
+
+# Installed before any script of the page runs: `WebSocket` as a proxy that strips the upgrade leaves it to
+# a page — it never opens and closes with 1006. `window.__blockWs = false` lets new ones through to the real
+# WebSocket; `window.__wsTries` counts the constructions.
+BLOCK_WEBSOCKETS = """
+(() => {
+  const RealWebSocket = window.WebSocket;
+  window.__wsTries = 0;
+  window.__blockWs = true;
+  class BlockedWebSocket extends EventTarget {
+    constructor(url, protocols) {
+      window.__wsTries += 1;
+      if (!window.__blockWs) return new RealWebSocket(url, protocols);
+      super();
+      this.url = String(url);
+      this.readyState = 0;
+      this.onopen = this.onmessage = this.onerror = this.onclose = null;
+      setTimeout(() => {
+        if (this.readyState === 3) return;
+        this.readyState = 3;
+        const error = new Event('error');
+        this.dispatchEvent(error);
+        if (this.onerror) this.onerror(error);
+        const close = new CloseEvent('close', {code: 1006, reason: '', wasClean: false});
+        this.dispatchEvent(close);
+        if (this.onclose) this.onclose(close);
+      }, 20);
+    }
+    send() { throw new DOMException('not open', 'InvalidStateError'); }
+    close() { this.readyState = 3; }
+  }
+  Object.assign(BlockedWebSocket, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3});
+  window.WebSocket = BlockedWebSocket;
+})();
+"""
+
+
+def _cli(cli_env: dict[str, str], *args: str) -> str:
+    python = REPO_ROOT / ".venv" / "bin" / "python"
+    result = subprocess.run([str(python if python.exists() else sys.executable), "-m", "notify_server", *args],
+                            cwd=REPO_ROOT, env=cli_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def _stream_requests(page: Any) -> list[Any]:
+    """Every request the page makes to the event stream, in order."""
+    requests: list[Any] = []
+    page.on("request", lambda request: requests.append(request) if "/sse/notifications" in request.url else None)
+    return requests
+
+
+def _item_ids(page: Any) -> list[str]:
+    return page.eval_on_selector_all("#list .item", "items => items.map(item => item.dataset.id)")
+
+
+def _wait_stored(database_url: str, event_id: str, timeout_s: float = 20.0) -> str:
+    """The notification_id of the event's row, once a worker has stored it."""
+    import psycopg2
+
+    deadline = time.monotonic() + timeout_s
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    try:
+        while time.monotonic() < deadline:
+            with conn.cursor() as cur:
+                cur.execute("SELECT notification_id::text FROM notifications WHERE event_id = %s", (event_id,))
+                row = cur.fetchone()
+            if row:
+                return str(row[0])
+            time.sleep(0.05)
+    finally:
+        conn.close()
+    pytest.fail(f"event {event_id} was not stored within {timeout_s} s")
+
+
+def _sign_in(page: Any, base: str, user: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(base + "/")
+    page.fill("#signin-user", user)
+    page.click("#signin-form button[type=submit]")
+    expect(page.locator("#who-name")).to_have_text(user)
+    expect(page.locator("#status")).to_have_attribute("data-status", "open")
+
+
+def test_demo_falls_back_to_sse_where_websockets_are_blocked_and_resumes_with_last_event_id(
+    browser: Any, dev_server: DevServer, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Tabs whose WebSocket never opens (the page's `WebSocket` replaced) get the notifications, counts
+    and toasts over SSE after three failed opens, and the demo says so; a browser without the block stays
+    on the WebSocket. SIGKILL of the node drops the stream without a close event: the browser's own
+    reconnect sends Last-Event-ID and gets what was stored meanwhile. Both browsers end up with the same
+    notifications in the same order. Signing out in one blocked tab ends the other's stream with 4001."""
+    from playwright.sync_api import expect
+
+    from tests.processes import Process
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    base = dev_server.base_url
+    port = int(base.rsplit(":", 1)[1])
+    worker = Process(["worker"], cli_env, tmp_path / "worker.log")  # stores events while the node is down
+    blocked = browser.new_context(viewport={"width": 1180, "height": 680})
+    blocked.add_init_script(BLOCK_WEBSOCKETS)
+    unblocked = browser.new_context(viewport={"width": 1180, "height": 680})
+    restarted: DevServer | None = None
+    errors: list[str] = []
+    try:
+        page_a = blocked.new_page()
+        page_a.on("pageerror", lambda exc: errors.append(f"A: {exc}"))
+        sockets_a: list[Any] = []
+        page_a.on("websocket", lambda ws: sockets_a.append(ws))
+        streams_a = _stream_requests(page_a)
+        _sign_in(page_a, base, "sam")
+        expect(page_a.locator("#transport")).to_have_text("SSE (fallback)")
+        expect(page_a.locator("#transport")).to_have_attribute("data-transport", "sse")
+        assert page_a.evaluate("window.__wsTries") == 3  # fallbackAfter (3) failed opens, then the stream
+        assert len(streams_a) == 1 and "token=" not in streams_a[0].url  # same origin: the cookie
+
+        page_c = unblocked.new_page()
+        page_c.on("pageerror", lambda exc: errors.append(f"C: {exc}"))
+        sockets_c: list[Any] = []
+        page_c.on("websocket", lambda ws: sockets_c.append(ws))
+        streams_c = _stream_requests(page_c)
+        _sign_in(page_c, base, "sam")
+        expect(page_c.locator("#transport")).to_have_text("WebSocket")
+        assert len(sockets_c) == 1 and streams_c == []
+
+        # A notification (its text is data, never markup) and the counts, over the stream.
+        hostile = '<img src=x onerror="window.pwned=1"><b>hi</b>'
+        assert _emit(page_a, "COMMENT_ADDED", ["sam"], {"author_name": "Eve", "excerpt": hostile}) == 202
+        for page in (page_a, page_c):
+            expect(page.locator("#list .item.unread .body")).to_have_text(f"Eve commented: {hostile}")
+            expect(_badge(page)).to_have_text("1")
+        expect(page_a.locator("#toasts .toast:not(.toast-error) .body")).to_have_text(f"Eve commented: {hostile}")
+        assert page_a.locator("#list img, #list b, #toasts img, #toasts b").count() == 0
+        assert page_a.evaluate("window.pwned") is None
+        ARTIFACTS.mkdir(exist_ok=True)
+        page_a.screenshot(path=str(ARTIFACTS / "demo-sse.png"))
+        page_c.click("#list .item.unread")  # read over there: the new count reaches A over SSE
+        expect(_badge(page_a)).to_be_hidden()
+        expect(_badge(page_a)).to_have_attribute("data-count", "0")
+        seen_id = _item_ids(page_a)[0]
+
+        # The node dies without a word; an event is stored while it is down; it comes back on the same port.
+        before = len(streams_a)
+        dev_server.process.kill()
+        dev_server.process.wait(timeout=10)
+        expect(page_a.locator("#status")).to_have_attribute("data-status", "reconnecting")
+        _cli(cli_env, "emit", "PAYMENT_FAILED", "--to", "sam", "--data", '{"last4": "4242"}', "--event-id", "sse-missed")
+        missed_id = _wait_stored(cli_env["NOTIFY_DATABASE_URL"], "sse-missed")
+        restarted = _start_dev(cli_env, tmp_path, port, "dev-restarted.log")
+        restarted.wait_ready()
+
+        expect(page_a.locator(f'#list .item[data-id="{missed_id}"]')).to_have_count(1)
+        expect(page_a.locator("#status")).to_have_attribute("data-status", "open")
+        expect(page_a.locator("#transport")).to_have_text("SSE (fallback)")
+        expect(_badge(page_a)).to_have_text("1")
+        resumed = streams_a[before:]
+        assert resumed, "the stream did not reconnect"
+        # Every reconnect was the browser's own, carrying the last id it saw (none of the client's own).
+        # The browser's own reconnects of the same EventSource (the client's would ask ?since=); the one
+        # that got through carried the last id seen (those refused never sent any header).
+        assert {r.url for r in resumed} == {streams_a[0].url}
+        assert resumed[-1].failure is None and resumed[-1].all_headers().get("last-event-id") == seen_id
+        expect(page_c.locator(f'#list .item[data-id="{missed_id}"]')).to_have_count(1)
+        expect(page_c.locator("#transport")).to_have_text("WebSocket")  # (it may have tried SSE meanwhile)
+
+        assert _emit(page_c, "COMMENT_ADDED", ["sam"], {"author_name": "Sam", "excerpt": "back"}) == 202
+        for page in (page_a, page_c):
+            expect(page.locator("#list .item")).to_have_count(3)
+            expect(_badge(page)).to_have_text("2")
+        assert _item_ids(page_a) == _item_ids(page_c)
+        assert sockets_a == [], "a blocked tab opened a real WebSocket"
+
+        # Sign out in A: the session is revoked, B's stream ends with `close` 4001, and B stays stopped.
+        page_b = blocked.new_page()
+        page_b.on("pageerror", lambda exc: errors.append(f"B: {exc}"))
+        streams_b = _stream_requests(page_b)
+        page_b.goto(base + "/")
+        expect(page_b.locator("#status")).to_have_attribute("data-status", "open")
+        expect(page_b.locator("#transport")).to_have_text("SSE (fallback)")
+        expect(page_b.locator("#list .item")).to_have_count(3)
+        page_a.click("#sign-out")
+        expect(page_b.locator("#signin")).to_be_visible()
+        expect(page_b.locator("#status")).to_have_attribute("data-status", "unauthorized")
+        expect(page_b.locator("#transport")).to_be_hidden()
+        count = len(streams_b)
+        page_b.wait_for_timeout(2000)
+        assert len(streams_b) == count == 1, "the stream was reopened after 4001"
+        assert errors == []
+    finally:
+        blocked.close()
+        unblocked.close()
+        worker.stop()
+        if restarted is not None and restarted.process.poll() is None:
+            restarted.stop()
+
+
+def test_client_over_sse_refreshes_get_token_credentials_returns_to_the_websocket_and_stops_at_expiry(
+    browser: Any, jwt_dev_server: DevServer, cli_env: dict[str, str]
+) -> None:
+    """WebSockets blocked: getToken's 3-second JWTs over SSE — before each exp a stream with the fresh
+    credential replaces the old one (status stays "open", nothing missed); the WebSocket is tried in the
+    background and takes over once it opens; a session that expires ends the stream with 4001 and the
+    client stops for good; a refused credential (401, which EventSource does not report) stops it too."""
+    import jwt
+
+    minted: list[int] = []
+
+    def mint_token(user_id: str) -> str:
+        exp = int(time.time()) + TOKEN_LIFETIME_S
+        minted.append(exp)
+        return jwt.encode({"sub": user_id, "exp": exp}, JWT_SECRET, algorithm="HS256")
+
+    base = jwt_dev_server.base_url
+    context = browser.new_context()
+    context.add_init_script(BLOCK_WEBSOCKETS)
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        sockets: list[Any] = []
+        page.on("websocket", lambda ws: sockets.append(ws))
+        streams = _stream_requests(page)
+        page.expose_function("mintToken", mint_token)
+        page.goto(base + "/")
+        page.evaluate(
+            """async () => {
+                const { NotifyClient } = await import('/static/notify-client.js');
+                window.statuses = [];
+                window.notes = [];
+                window.client = new NotifyClient({
+                    getToken: () => window.mintToken('erin'),
+                    fallbackAfter: 1, backoffBaseMs: 50, wsRetryMs: 1000,
+                    onStatus: (status, info) => window.statuses.push([status, info.transport || null]),
+                    onNotification: (n) => window.notes.push(n.notification_id),
+                });
+                window.client.start();
+            }"""
+        )
+        page.wait_for_function("() => window.client.status === 'open'", timeout=UI_TIMEOUT_MS)
+        assert page.evaluate("window.client.transport") == "sse"
+        first_exp = minted[0]
+        page.wait_for_timeout(int((first_exp - time.time() + 2 * TOKEN_LIFETIME_S) * 1000))
+        assert time.time() > first_exp + TOKEN_LIFETIME_S  # the first token and a successor have expired
+        assert _emit(page, "PAYMENT_FAILED", ["erin"], {"last4": "1111"}) == 202
+        page.wait_for_function("() => window.notes.length === 1", timeout=UI_TIMEOUT_MS)
+
+        assert page.evaluate("window.statuses") == [
+            ["connecting", "websocket"], ["reconnecting", "websocket"], ["connecting", "sse"], ["open", "sse"],
+        ]
+        tokens = [re.search(r"[?&]token=([^&]+)", r.url).group(1) for r in streams]
+        assert len(set(tokens)) >= 3, f"{len(tokens)} streams: not one per credential"
+        assert page.evaluate("window.__wsTries") >= 3  # tried again in the background, still blocked
+        assert sockets == []
+
+        # The block goes away: the next background try opens a WebSocket, which replaces the stream.
+        page.evaluate("window.__blockWs = false")
+        page.wait_for_function("() => window.client.transport === 'websocket'", timeout=UI_TIMEOUT_MS)
+        assert _emit(page, "PAYMENT_FAILED", ["erin"], {"last4": "2222"}) == 202
+        page.wait_for_function("() => window.notes.length === 2", timeout=UI_TIMEOUT_MS)
+        page.wait_for_timeout(300)
+        notes = page.evaluate("window.notes")
+        assert len(set(notes)) == len(notes) == 2
+        assert page.evaluate("window.statuses")[4:] == [["open", "websocket"]]
+        assert len(sockets) == 1
+        page.evaluate("window.client.stop()")
+
+        # A session that expires while its stream is open: `close` 4001, the client stops, no reconnect.
+        page.evaluate("window.__blockWs = true")
+        token = _cli(cli_env, "session", "create", "--user", "dave", "--ttl-s", "5")
+        page.evaluate(
+            """async (token) => {
+                const { NotifyClient } = await import('/static/notify-client.js');
+                window.dave = [];
+                window.daveClient = new NotifyClient({
+                    token, fallbackAfter: 1, backoffBaseMs: 50, wsRetryMs: 0,
+                    onStatus: (status, info) => window.dave.push([status, info.transport || null]),
+                    onUnauthorized: (info) => window.dave.push(['onUnauthorized', info.code]),
+                });
+                window.daveClient.start();
+            }""",
+            token,
+        )
+        page.wait_for_function("() => window.daveClient.status === 'open'", timeout=UI_TIMEOUT_MS)
+        page.wait_for_function("() => window.daveClient.status === 'unauthorized'", timeout=UI_TIMEOUT_MS)
+        mine = [r for r in streams if token in r.url]
+        page.wait_for_timeout(2000)
+        assert [r for r in streams if token in r.url] == mine and len(mine) == 1
+        assert page.evaluate("window.dave") == [
+            ["connecting", "websocket"], ["reconnecting", "websocket"], ["connecting", "sse"], ["open", "sse"],
+            ["unauthorized", "sse"], ["onUnauthorized", 4001],
+        ]
+
+        # A credential the server refuses outright: 401, which EventSource cannot tell from a dropped
+        # network; the client asks the stream's URL once more with fetch, reads 401 as 4001 and stops.
+        page.evaluate(
+            """async () => {
+                const { NotifyClient } = await import('/static/notify-client.js');
+                window.stranger = [];
+                window.strangerClient = new NotifyClient({
+                    token: 'not-a-session', fallbackAfter: 1, backoffBaseMs: 50,
+                    onStatus: (status, info) => window.stranger.push([status, info.code ?? null]),
+                });
+                window.strangerClient.start();
+            }"""
+        )
+        page.wait_for_function("() => window.strangerClient.status === 'unauthorized'", timeout=UI_TIMEOUT_MS)
+        page.wait_for_timeout(1000)
+        refused = [r.resource_type for r in streams if "not-a-session" in r.url]
+        assert refused == ["eventsource", "fetch"], refused
+        assert page.evaluate("window.stranger") == [
+            ["connecting", None], ["reconnecting", 1006], ["connecting", None], ["unauthorized", 4001],
+        ]
+        assert errors == []
     finally:
         context.close()

@@ -38,6 +38,14 @@
  *   stableAfterMs       a connection that stayed open this long resets the backoff. Default 10000.
  *   goingAwayMaxMs      1001 (server shutting down): reconnect after a random delay in [0, this]. Default 5000.
  *   tooManyDelayMs      4029 (too many connections): wait a random delay in [this/2, this]. Default 60000.
+ *   fallbackAfter       after this many WebSockets in a row failed to open (closed or timed out before their
+ *                       first frame, without a close code of the server's), use Server-Sent Events instead;
+ *                       and back to the WebSocket after as many failed event streams. 0 = never. Default 3.
+ *   wsRetryMs           while on Server-Sent Events, try a WebSocket in the background this often; when one
+ *                       opens it replaces the stream without a gap. 0 = not until start(). Default 300000.
+ *   sseUrl              event stream URL. Default: /sse/notifications on the host of `url` (else this origin).
+ *   connectTimeoutMs    a connection without its first frame this long after opening failed to open.
+ *                       Default 15000.
  *
  * Methods:
  *   start(), stop()                            open / close (stop() cancels any pending reconnect)
@@ -54,12 +62,37 @@
  *   4008 too slow              -> reconnect with exponential backoff
  *   4029 too many connections  -> long delay (tooManyDelayMs), then reconnect
  *   anything else (1006, ...)  -> exponential backoff with full jitter: random(0, min(cap, base * 2^n))
+ *
+ * Server-Sent Events (the fallback, GET /sse/notifications): the same frames as named events, the same
+ * close codes in a last `event: close` (data {"code": N}), the same rules above. When a stream drops
+ * without one, the browser's EventSource reconnects by itself with Last-Event-ID (the server replays what
+ * was missed); if that has not worked within connectTimeoutMs the client takes over with its backoff.
+ * `transport` is "websocket" or "sse"; onStatus's info carries it too.
  */
 
 export const CLOSE_GOING_AWAY = 1001;
+export const CLOSE_TRY_AGAIN = 1013;
 export const CLOSE_UNAUTHORIZED = 4001;
 export const CLOSE_TOO_SLOW = 4008;
 export const CLOSE_TOO_MANY_CONNECTIONS = 4029;
+
+const CLOSE_ABNORMAL = 1006; // lost without a close code (never sent by a server)
+// Codes the server closes with on purpose: a connection closed with one of them before its first frame
+// still reached the server, so it is no sign that this transport is blocked.
+const SERVER_CLOSE_CODES = new Set([
+  CLOSE_GOING_AWAY, 1011, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, CLOSE_TOO_SLOW, CLOSE_TOO_MANY_CONNECTIONS,
+]);
+const WEBSOCKET = "websocket";
+const SSE = "sse";
+const SSE_EVENTS = ["unread_count", "notification", "resync"]; // named events, each the frame of that type
+
+/** What the server's refusal of an event stream means as a close code (EventSource does not tell). */
+function closeCodeOfStatus(status) {
+  if (status === 401) return CLOSE_UNAUTHORIZED;
+  if (status === 429) return CLOSE_TOO_MANY_CONNECTIONS;
+  if (status === 503) return CLOSE_TRY_AGAIN;
+  return CLOSE_ABNORMAL; // 403, 404, a proxy's page, no answer: this stream does not work from here
+}
 
 /** A failed REST call: HTTP status plus the server's {"error": {code, message}} when it sent one. */
 export class NotifyApiError extends Error {
@@ -92,6 +125,14 @@ class BoundedSet {
 function defaultUrl() {
   const scheme = globalThis.location && location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${location.host}/ws/notifications`;
+}
+
+/** /sse/notifications on the host of the WebSocket URL (https for wss), else on this page's origin. */
+function defaultStreamUrl(socketUrl) {
+  if (!socketUrl) return `${location.origin}/sse/notifications`;
+  const url = new URL(socketUrl, location.href);
+  const scheme = url.protocol === "wss:" || url.protocol === "https:" ? "https:" : "http:";
+  return `${scheme}//${url.host}/sse/notifications`;
 }
 
 /** The `exp` of a JWT in milliseconds, or null for any other credential (nothing is verified here). */
@@ -138,6 +179,10 @@ export class NotifyClient {
       stableAfterMs: 10000,
       goingAwayMaxMs: 5000,
       tooManyDelayMs: 60000,
+      fallbackAfter: 3,
+      wsRetryMs: 300000,
+      sseUrl: null,
+      connectTimeoutMs: 15000,
       ...options,
     };
     const o = this.options;
@@ -150,10 +195,15 @@ export class NotifyClient {
 
     this.status = "stopped";
     this.tabId = randomId();
-    this._ws = null;
+    this._conn = null; // the live connection: {kind, socket, since, token, welcomed, openedAt, timer, ...}
+    this._candidate = null; // one opened beside it that replaces it at its first frame (see _welcome)
+    this._transport = WEBSOCKET; // what the live connection is, or the next connect will be
+    this._failedOpens = 0; // connections of this transport in a row that failed to open
+    this._wsWorked = false; // a WebSocket opened since start()
+    this._quickTry = false; // try the WebSocket again as soon as the fallback stream is up
+    this._tryTimer = null; // the next background WebSocket try while on SSE
     this._timer = null;
     this._attempt = 0;
-    this._openedAt = 0;
     this._connects = 0;
     this._running = false;
     this._retryable = false;
@@ -177,11 +227,21 @@ export class NotifyClient {
     return this._lastId;
   }
 
+  /** "websocket" or "sse": the live connection's transport, or the one the next connect uses. */
+  get transport() {
+    return this._transport;
+  }
+
   start() {
     if (this._running) return;
     this._running = true;
     this._attempt = 0;
     this._connects = 0;
+    // Every start() (every page load) begins with the WebSocket, where there is one.
+    this._transport = typeof WebSocket !== "function" && typeof EventSource === "function" ? SSE : WEBSOCKET;
+    this._failedOpens = 0;
+    this._wsWorked = false;
+    this._quickTry = false;
     if (typeof BroadcastChannel === "function" && this.options.channelName) {
       this._channel = new BroadcastChannel(this.options.channelName);
       this._channel.onmessage = (event) => this._onChannelMessage(event.data);
@@ -192,9 +252,9 @@ export class NotifyClient {
 
   stop() {
     this._halt();
-    const ws = this._ws;
-    this._ws = null;
-    if (ws) ws.close(1000, "client stopped");
+    const conn = this._conn;
+    this._conn = null;
+    if (conn) this._discard(conn, "client stopped");
     if (this.status !== "stopped") this._setStatus("stopped");
   }
 
@@ -202,6 +262,8 @@ export class NotifyClient {
     this._running = false;
     this._clearTimer();
     this._clearRefresh();
+    this._clearTry();
+    this._dropCandidate();
     if (globalThis.removeEventListener) removeEventListener("online", this._onOnline);
     if (this._channel) {
       this._channel.close();
@@ -289,35 +351,51 @@ export class NotifyClient {
     return Math.min(this.options.refreshBeforeMs, Math.max(0, lifetime) / 4);
   }
 
-  /** Arrange the next in-band refresh, shortly before the current credential's exp. */
+  /** Arrange the next refresh, shortly before the current credential's exp. */
   _scheduleRefresh() {
     this._clearRefresh();
     const credential = this._credential;
-    if (!this.options.getToken || !credential || credential.expMs === null || !this._ws) return;
+    if (!this.options.getToken || !credential || credential.expMs === null || !this._conn) return;
     const delay = Math.max(0, credential.expMs - Date.now() - this._refreshMargin(credential));
     this._refreshTimer = setTimeout(() => this._refresh(credential), delay);
   }
 
   async _refresh(previous) {
     this._refreshTimer = null;
-    const ws = this._ws;
+    const conn = this._conn;
     let fresh;
     try {
       fresh = await this._fetchCredential();
     } catch (error) {
       console.error("notify-client: getToken failed; retrying", error);
-      if (ws && ws === this._ws) this._refreshTimer = setTimeout(() => this._refresh(previous), 1000);
+      if (conn && conn === this._conn) this._refreshTimer = setTimeout(() => this._refresh(previous), 1000);
       return;
     }
-    if (!ws || ws !== this._ws || ws.readyState !== WebSocket.OPEN) return; // the next connect uses it
+    if (!conn || conn !== this._conn || !conn.welcomed) return; // the next connect uses it
+    if (conn.kind === WEBSOCKET && conn.socket.readyState !== 1 /* OPEN */) return;
     if (fresh.expMs !== null && previous.expMs !== null && fresh.expMs <= previous.expMs) {
       // getToken() handed back the same credential: ask again a little later rather than in a loop.
       const wait = Math.max(500, (previous.expMs - Date.now()) / 2);
       this._refreshTimer = setTimeout(() => this._refresh(previous), wait);
       return;
     }
-    ws.send(JSON.stringify({ type: "refresh", token: fresh.token }));
-    this._scheduleRefresh();
+    if (conn.kind === WEBSOCKET) {
+      conn.socket.send(JSON.stringify({ type: "refresh", token: fresh.token }));
+      this._scheduleRefresh();
+      return;
+    }
+    // Nothing can be sent on an event stream: open another with the fresh credential (and ?since=). It
+    // replaces this one at its first event, so nothing is missed and the status stays "open". If it
+    // fails, try again a second later; at exp the server ends this stream with 4001 anyway, and that
+    // gets a reconnect with a fresh credential.
+    this._openConnection(SSE, fresh.token, {
+      candidate: true,
+      onFail: () => {
+        if (conn === this._conn && !this._refreshTimer) {
+          this._refreshTimer = setTimeout(() => this._refresh(previous), 1000);
+        }
+      },
+    });
   }
 
   _clearRefresh() {
@@ -325,25 +403,34 @@ export class NotifyClient {
     this._refreshTimer = null;
   }
 
-  _socketUrl(since, token) {
-    const url = new URL(this.options.url || defaultUrl(), globalThis.location ? location.href : undefined);
+  _withQuery(base, since, token) {
+    const url = new URL(base, globalThis.location ? location.href : undefined);
     if (token) url.searchParams.set("token", token);
     if (since) url.searchParams.set("since", since);
     return url.toString();
   }
 
+  _socketUrl(since, token) {
+    return this._withQuery(this.options.url || defaultUrl(), since, token);
+  }
+
+  _streamUrl(since, token) {
+    return this._withQuery(this.options.sseUrl || defaultStreamUrl(this.options.url), since, token);
+  }
+
   _connect() {
     this._timer = null;
     if (!this._running) return;
-    this._setStatus("connecting", { attempt: this._attempt });
+    const kind = this._transport;
+    this._setStatus("connecting", { attempt: this._attempt, transport: kind });
     if (!this.options.getToken) {
-      this._open(this.options.token);
+      this._openConnection(kind, this.options.token);
       return;
     }
     const run = ++this._connectRun;
     this._currentToken().then(
       (token) => {
-        if (this._running && run === this._connectRun) this._open(token);
+        if (this._running && run === this._connectRun) this._openConnection(kind, token);
       },
       (error) => {
         if (!this._running || run !== this._connectRun) return;
@@ -353,58 +440,327 @@ export class NotifyClient {
     );
   }
 
-  _open(token) {
-    const since = this.options.useSince ? this._lastId : null;
-    let ws;
-    try {
-      ws = new WebSocket(this._socketUrl(since, token));
-    } catch (error) {
-      this._retryable = true;
-      this._scheduleReconnect(this._backoffDelay(), { error: String(error) });
-      return;
-    }
-    this._ws = ws;
-    let welcomed = false;
-    ws.onopen = () => {
-      if (ws === this._ws) this._openedAt = Date.now();
-    };
-    ws.onmessage = (event) => {
-      if (ws !== this._ws) return;
-      if (!welcomed) {
-        // The server authenticates after the upgrade and then sends unread_count first: the socket is
-        // "open" (authenticated) only from its first frame on, never for a socket about to get 4001.
-        welcomed = true;
-        this._connects += 1;
-        this._retriedUnauthorized = false;
-        this._scheduleRefresh();
-        this._lastVersion = null; // the first count of a connection is read fresh: always taken
-        this._setStatus("open");
-        const resync = this.options.resyncOnReconnect;
-        if (this._connects > 1 && (resync === true || (resync === "auto" && !since))) {
-          this._safe(this.onResync, { reason: "reconnect" });
-        }
-      }
-      this._onFrame(event.data);
-    };
-    ws.onclose = (event) => {
-      if (ws !== this._ws) return;
-      this._ws = null;
-      this._onClose(event.code, event.reason);
-    };
-  }
-
   _connectNow() {
     this._clearTimer();
     this._connect();
   }
 
-  _onClose(code, reason) {
+  // ----------------------------------------------------- connections (WebSocket or event stream)
+
+  /**
+   * Open a connection of this kind: the live one, or (candidate) one beside it that replaces it at its
+   * first frame — a WebSocket tried while on SSE, or an event stream with a refreshed credential. A
+   * candidate that fails calls onFail and changes nothing else.
+   */
+  _openConnection(kind, token, { candidate = false, onFail = null } = {}) {
+    const conn = {
+      kind, token, candidate, onFail,
+      since: this.options.useSince ? this._lastId : null,
+      socket: null,
+      url: null,
+      welcomed: false, // its first frame arrived (the server accepted the credential)
+      openedAt: 0,
+      timer: null, // connectTimeoutMs
+      resumable: false, // sse: an event with an id arrived, so the browser's reconnect sends Last-Event-ID
+      retrying: false, // sse: dropped; the browser is reconnecting by itself
+    };
+    if (candidate) {
+      const previous = this._candidate;
+      this._candidate = null;
+      if (previous) this._failCandidate(previous);
+      this._candidate = conn;
+    } else {
+      this._conn = conn;
+    }
+    try {
+      if (kind === SSE) this._attachStream(conn);
+      else this._attachSocket(conn);
+    } catch (error) {
+      // e.g. a SecurityError: this page may not open it. Counts as a failed open.
+      this._onDisconnect(conn, CLOSE_ABNORMAL, String(error));
+      return;
+    }
+    this._armTimer(conn);
+  }
+
+  _owns(conn) {
+    return conn === this._conn || conn === this._candidate;
+  }
+
+  /** A connection whose first frame has not arrived connectTimeoutMs from now failed to open. */
+  _armTimer(conn) {
+    if (conn.timer) clearTimeout(conn.timer);
+    conn.timer = null;
+    const ms = this.options.connectTimeoutMs;
+    if (!(ms > 0)) return;
+    conn.timer = setTimeout(() => {
+      conn.timer = null;
+      if (!conn.welcomed) this._onDisconnect(conn, CLOSE_ABNORMAL, "no first frame within connectTimeoutMs");
+    }, ms);
+  }
+
+  _attachSocket(conn) {
+    const ws = new WebSocket(this._socketUrl(conn.since, conn.token));
+    conn.socket = ws;
+    ws.onopen = () => {
+      if (this._owns(conn)) conn.openedAt = Date.now();
+    };
+    ws.onmessage = (event) => {
+      if (!this._owns(conn)) return;
+      // The server authenticates after the upgrade and then sends unread_count first: the socket is
+      // "open" (authenticated) only from its first frame on, never for a socket about to get 4001.
+      if (!conn.welcomed) this._welcome(conn, Boolean(conn.since));
+      this._onFrame(event.data);
+    };
+    ws.onclose = (event) => this._onDisconnect(conn, event.code, event.reason);
+  }
+
+  _attachStream(conn) {
+    const url = this._streamUrl(conn.since, conn.token);
+    const crossOrigin = globalThis.location && new URL(url).origin !== location.origin;
+    const es = new EventSource(url, { withCredentials: Boolean(crossOrigin) });
+    conn.socket = es;
+    conn.url = url;
+    es.onopen = () => {
+      if (this._owns(conn)) conn.openedAt = Date.now();
+    };
+    for (const type of SSE_EVENTS) {
+      es.addEventListener(type, (event) => {
+        if (!this._owns(conn)) return;
+        if (event.lastEventId) conn.resumable = true;
+        if (!conn.welcomed) this._welcome(conn, Boolean(conn.since || conn.resumable));
+        let data;
+        try {
+          data = JSON.parse(event.data);
+        } catch (_) {
+          return; // not ours
+        }
+        this._onMessage({ type, data });
+      });
+    }
+    es.addEventListener("close", (event) => {
+      // The server ends the stream and says why: the WebSocket's close code. Without es.close() the
+      // browser would reconnect by itself (and after 4001 loop on a dead credential).
+      es.close();
+      let code = CLOSE_ABNORMAL;
+      try {
+        code = Number(JSON.parse(event.data).code) || CLOSE_ABNORMAL;
+      } catch (_) {
+        // keep 1006
+      }
+      this._onDisconnect(conn, code, "stream closed by the server");
+    });
+    es.onerror = () => this._onStreamError(conn);
+  }
+
+  _onStreamError(conn) {
+    const es = conn.socket;
+    if (!this._owns(conn)) {
+      es.close();
+      return;
+    }
+    const reconnecting = es.readyState !== 2; /* not CLOSED: the browser reconnects by itself */
+    if (reconnecting && conn.retrying) return; // another failed try of the browser's: its timer runs
+    if (reconnecting && conn.welcomed && !conn.candidate) {
+      // The stream dropped without a close event (node killed, network): the browser reconnects by
+      // itself, sending Last-Event-ID, so the server replays what was missed. It gets connectTimeoutMs.
+      const stayedUp = conn.openedAt && Date.now() - conn.openedAt >= this.options.stableAfterMs;
+      if (stayedUp) this._attempt = 0;
+      conn.welcomed = false;
+      conn.retrying = true;
+      conn.openedAt = 0;
+      this._armTimer(conn);
+      this._setStatus("reconnecting", {
+        code: CLOSE_ABNORMAL, reason: "stream dropped", delayMs: null, attempt: this._attempt, transport: SSE,
+      });
+      return;
+    }
+    es.close();
+    if (reconnecting) {
+      // Not reachable before this stream ever opened: the client's own backoff (with ?since=) decides.
+      this._onDisconnect(conn, CLOSE_ABNORMAL, "event stream unreachable");
+    } else {
+      this._streamRefused(conn);
+    }
+  }
+
+  /**
+   * The answer to the stream's URL was not a 200 event stream, and EventSource does not say what it
+   * was: ask the same URL once with fetch (stopped at its headers) and read the status as a close code.
+   */
+  async _streamRefused(conn) {
+    if (conn.candidate) {
+      this._onDisconnect(conn, CLOSE_ABNORMAL, "event stream refused");
+      return;
+    }
+    const url = new URL(conn.url);
+    url.searchParams.delete("since");
+    const abort = typeof AbortController === "function" ? new AbortController() : null;
+    let status = 0;
+    try {
+      const response = await fetch(url.toString(), {
+        headers: { Accept: "text/event-stream" },
+        credentials: conn.socket.withCredentials ? "include" : "same-origin",
+        cache: "no-store",
+        signal: abort ? abort.signal : undefined,
+      });
+      status = response.status;
+    } catch (_) {
+      status = 0;
+    } finally {
+      if (abort) abort.abort();
+    }
+    this._onDisconnect(conn, closeCodeOfStatus(status), status ? `HTTP ${status}` : "event stream unreachable");
+  }
+
+  /** Close it (if open) and forget it: no handler of it runs any more. */
+  _discard(conn, reason) {
+    if (conn.timer) clearTimeout(conn.timer);
+    conn.timer = null;
+    const socket = conn.socket;
+    if (!socket) return;
+    socket.onopen = null;
+    socket.onerror = null;
+    if (conn.kind === SSE) {
+      socket.close();
+      return;
+    }
+    socket.onmessage = null;
+    socket.onclose = null;
+    try {
+      if (socket.readyState < 2) socket.close(1000, reason);
+    } catch (_) {
+      // already gone
+    }
+  }
+
+  _failCandidate(conn) {
+    if (conn === this._candidate) this._candidate = null;
+    this._discard(conn, "not needed");
+    if (conn.onFail) this._safe(conn.onFail);
+  }
+
+  /** The connection closed, failed to open, or was refused: its close code decides what comes next. */
+  _onDisconnect(conn, code, reason) {
+    if (conn.candidate && conn === this._candidate) {
+      this._failCandidate(conn);
+      return;
+    }
+    if (conn !== this._conn) return;
+    this._conn = null;
+    this._discard(conn, "closed");
+    this._clearTry();
+    this._dropCandidate();
+    const failedOpen = !conn.welcomed && !SERVER_CLOSE_CODES.has(code);
+    this._onClose(conn, code, reason, failedOpen);
+  }
+
+  /** Its first frame: the server accepted the credential; a candidate takes the live one's place. */
+  _welcome(conn, resumed) {
+    conn.welcomed = true;
+    conn.retrying = false;
+    if (conn.timer) clearTimeout(conn.timer);
+    conn.timer = null;
+    const replacing = conn === this._candidate;
+    if (replacing) {
+      // Both were registered with the server while the old one was still open, and the new one asked
+      // ?since=: nothing is missed, duplicates are dropped by id.
+      const old = this._conn;
+      this._candidate = null;
+      this._conn = conn;
+      conn.candidate = false;
+      if (old) this._discard(old, "replaced");
+    }
+    const announce = this.status !== "open" || this._transport !== conn.kind;
+    this._transport = conn.kind;
+    this._failedOpens = 0;
+    if (conn.kind === WEBSOCKET) {
+      this._wsWorked = true;
+      this._clearTry();
+    } else if (!this._tryTimer && !this._candidate) {
+      this._scheduleTry();
+    }
+    this._connects += 1;
+    this._retriedUnauthorized = false;
+    this._scheduleRefresh();
+    this._lastVersion = null; // the first count of a connection is read fresh: always taken
+    if (announce) this._setStatus("open", { transport: conn.kind });
+    const resync = this.options.resyncOnReconnect;
+    if (!replacing && this._connects > 1 && (resync === true || (resync === "auto" && !resumed))) {
+      this._safe(this.onResync, { reason: "reconnect" });
+    }
+  }
+
+  // ------------------------------------------------- fallback to Server-Sent Events and back
+
+  /** One more connection of this transport failed to open; after fallbackAfter in a row, try the other. */
+  _countFailedOpen(kind) {
+    if (kind !== this._transport) return;
+    this._failedOpens += 1;
+    const limit = this.options.fallbackAfter;
+    if (!(limit > 0) || this._failedOpens < limit) return;
+    const other = kind === WEBSOCKET ? SSE : WEBSOCKET;
+    if (other === SSE ? typeof EventSource !== "function" : typeof WebSocket !== "function") return;
+    this._failedOpens = 0;
+    this._transport = other;
+    // WebSockets that worked before and then failed were more likely a server outage than a block:
+    // try the WebSocket again as soon as the event stream is up.
+    if (other === SSE) this._quickTry = this._wsWorked;
+  }
+
+  /** While on SSE: a WebSocket in the background after wsRetryMs (at once after a likely outage). */
+  _scheduleTry() {
+    this._clearTry();
+    const every = this.options.wsRetryMs;
+    if (!(every > 0) || typeof WebSocket !== "function") return;
+    const delay = this._quickTry ? 0 : every;
+    this._quickTry = false;
+    this._tryTimer = setTimeout(() => this._tryWebSocket(), delay);
+  }
+
+  async _tryWebSocket() {
+    this._tryTimer = null;
+    const conn = this._conn;
+    if (!this._running || !conn || conn.kind !== SSE) return;
+    if (!conn.welcomed || this._candidate) {
+      this._scheduleTry(); // not now: the stream is reconnecting, or a refresh is under way
+      return;
+    }
+    let token = this.options.token;
+    if (this.options.getToken) {
+      try {
+        token = await this._currentToken();
+      } catch (_) {
+        this._scheduleTry();
+        return;
+      }
+      if (!this._running || conn !== this._conn || this._candidate) return;
+    }
+    this._openConnection(WEBSOCKET, token, {
+      candidate: true,
+      onFail: () => {
+        if (this._running && this._conn && this._conn.kind === SSE) this._scheduleTry();
+      },
+    });
+  }
+
+  _clearTry() {
+    if (this._tryTimer) clearTimeout(this._tryTimer);
+    this._tryTimer = null;
+  }
+
+  _dropCandidate() {
+    const candidate = this._candidate;
+    this._candidate = null;
+    if (candidate) this._discard(candidate, "not needed");
+  }
+
+  _onClose(conn, code, reason, failedOpen) {
     this._clearRefresh();
     if (!this._running) return;
-    const stayedUp = this._openedAt && Date.now() - this._openedAt >= this.options.stableAfterMs;
-    this._openedAt = 0;
+    const stayedUp = conn.openedAt && Date.now() - conn.openedAt >= this.options.stableAfterMs;
     if (stayedUp) this._attempt = 0;
-    const info = { code, reason };
+    const info = { code, reason, transport: conn.kind };
     if (code === CLOSE_UNAUTHORIZED && this.options.getToken && !this._retriedUnauthorized) {
       // The credential may have run out while the page slept (timers do not fire then): one more try
       // with a fresh one from getToken() before giving up.
@@ -420,6 +776,7 @@ export class NotifyClient {
       this._safe(this.onUnauthorized, info);
       return;
     }
+    if (failedOpen) this._countFailedOpen(conn.kind);
     let delay;
     this._retryable = true;
     if (code === CLOSE_GOING_AWAY) {
@@ -474,6 +831,11 @@ export class NotifyClient {
     } catch (_) {
       return; // not ours
     }
+    this._onMessage(frame);
+  }
+
+  /** One frame {type, data}, from a WebSocket or an event stream. */
+  _onMessage(frame) {
     if (!frame || typeof frame !== "object") return;
     const data = frame.data || {};
     if (frame.type === "notification") {

@@ -68,13 +68,22 @@ const STATUS_TEXT = {
   stopped: "not connected",
 };
 
+// Which transport carries the notifications: the WebSocket, or Server-Sent Events where it is blocked.
+const TRANSPORT_TEXT = { websocket: "WebSocket", sse: "SSE (fallback)" };
+
 function showStatus(status, info = {}) {
   $("status").dataset.status = status;
   let text = STATUS_TEXT[status] || status;
-  if (status === "reconnecting" && info.delayMs != null) {
-    text += ` in ${(info.delayMs / 1000).toFixed(1)} s` + (info.code ? ` (close ${info.code})` : "");
+  if (status === "reconnecting") {
+    if (info.delayMs != null) text += ` in ${(info.delayMs / 1000).toFixed(1)} s`;
+    if (info.code) text += ` (close ${info.code})`;
   }
   $("status-text").textContent = text;
+  const transport = $("transport");
+  const kind = status === "open" ? info.transport || (state.client && state.client.transport) : null;
+  transport.hidden = !kind;
+  transport.dataset.transport = kind || "";
+  transport.textContent = kind ? TRANSPORT_TEXT[kind] || kind : "";
 }
 
 function showCount(count) {
