@@ -27,6 +27,7 @@ setup(
             "pytest>=8",
             "pytest-aiohttp>=1.1",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",  # the quick loop: scripts/test.sh --fast
             "hypothesis>=6",
             "playwright>=1.48",  # drives Debian's chromium in tests/test_browser.py (no browser download)
             "openapi-spec-validator>=0.7",  # tests/test_openapi.py validates GET /api/openapi.json

@@ -66,7 +66,7 @@ async def alice(sessions: SessionStore) -> str:
     [
         ("GET", "/api/notifications"),
         ("GET", "/api/notifications/unread-count"),
-        ("POST", f"/api/notifications/{uuid.uuid4()}/read"),
+        ("POST", "/api/notifications/0f1b0f1b-0000-4000-8000-000000000001/read"),
         ("POST", "/api/notifications/read-all"),
     ],
 )

@@ -179,7 +179,7 @@ async def test_cursor_of_another_users_notification_is_unknown(repository: Notif
         await repository.list_for_user("u1", limit=10, before=other)
 
 
-@pytest.mark.parametrize("cursor", ["garbage", "", "'; DROP TABLE notifications; --", str(uuid.uuid4())])
+@pytest.mark.parametrize("cursor", ["garbage", "", "'; DROP TABLE notifications; --", "0f1b0f1b-0000-4000-8000-000000000002"])
 async def test_garbage_or_unknown_cursor_is_unknown(repository: NotificationRepository, cursor: str) -> None:
     await store(repository, "u1", 1)
 
@@ -245,7 +245,7 @@ async def test_mark_read_of_another_users_notification_returns_none_and_changes_
     assert item.read_at is None
 
 
-@pytest.mark.parametrize("notification_id", ["garbage", "", str(uuid.uuid4())])
+@pytest.mark.parametrize("notification_id", ["garbage", "", "0f1b0f1b-0000-4000-8000-000000000003"])
 async def test_mark_read_of_unknown_or_garbage_id_returns_none(
     repository: NotificationRepository, notification_id: str
 ) -> None:
