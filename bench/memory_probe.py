@@ -1,7 +1,9 @@
 """What an idle socket costs a node, by allocation site: a node in this process under tracemalloc, N
 idle connections opened by the benchmark's load client (other processes), the RSS and the top sites.
 
-    .venv/bin/python -m bench.memory_probe [--connections 4000] [--top 25]
+    .venv/bin/python -m bench.memory_probe [--connections 4000] [--top 25] [--no-trace] [--minimal]
+
+`--minimal` serves the smallest aiohttp WebSocket handler there is instead of the node (aiohttp's floor).
 """
 
 from __future__ import annotations
@@ -25,11 +27,27 @@ from notify_server.settings import load_settings
 from tests.processes import free_port
 
 
+async def minimal_handler(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=4096)
+    await ws.prepare(request)
+    await ws.send_str('{"type":"unread_count","data":{"count":0}}')
+    async for _message in ws:
+        pass
+    return ws
+
+
+def minimal_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/ws/notifications", minimal_handler)
+    return app
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--connections", type=int, default=4000)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-trace", action="store_true", help="RSS only (tracemalloc inflates memory)")
+    parser.add_argument("--minimal", action="store_true", help="a bare aiohttp handler, not the node")
     args = parser.parse_args()
     with stores() as (database_url, redis_url):
         settings = load_settings(environ={}).replace(database={"url": database_url}, redis={"url": redis_url})
@@ -42,7 +60,8 @@ async def main() -> None:
                 ([hashlib.sha256(tokens[u].encode()).hexdigest() for u in users], users),
             )
         port = free_port()
-        runner = web.AppRunner(create_app(settings, node_id="probe"), access_log=None)
+        runner = web.AppRunner(minimal_app() if args.minimal else create_app(settings, node_id="probe"),
+                               access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port, backlog=8192).start()
         url = f"http://127.0.0.1:{port}/ws/notifications?token="
