@@ -1,8 +1,8 @@
 -- depends: 0003_unread_counters
 -- transactional: false
--- What the prune (notify_server/retention.py) looks for, each an index range scan from the oldest row
--- instead of a scan of the whole table: notifications read before a cutoff, unread ones created before
--- a cutoff, sessions expired or revoked before a cutoff.
+-- What the prune (notify_server/retention.py) walks instead of scanning whole tables: notifications
+-- read before a cutoff (oldest first), unread ones created before a cutoff (user by user, so a batch
+-- changes few users' counters), sessions expired or revoked before a cutoff (oldest first).
 --
 -- Built CONCURRENTLY: by the time this runs the tables may hold millions of rows, and a plain CREATE
 -- INDEX would block every insert (every event) for the whole build. CONCURRENTLY cannot run inside a
@@ -12,8 +12,9 @@
 DROP INDEX CONCURRENTLY IF EXISTS notifications_read_at;
 CREATE INDEX CONCURRENTLY notifications_read_at ON notifications (read_at) WHERE read_at IS NOT NULL;
 
-DROP INDEX CONCURRENTLY IF EXISTS notifications_unread_created_at;
-CREATE INDEX CONCURRENTLY notifications_unread_created_at ON notifications (created_at) WHERE read_at IS NULL;
+DROP INDEX CONCURRENTLY IF EXISTS notifications_unread_recipient_created;
+CREATE INDEX CONCURRENTLY notifications_unread_recipient_created ON notifications (recipient_id, created_at)
+  WHERE read_at IS NULL;
 
 DROP INDEX CONCURRENTLY IF EXISTS sessions_expires_at;
 CREATE INDEX CONCURRENTLY sessions_expires_at ON sessions (expires_at);

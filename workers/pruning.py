@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from notify_server.retention import Pruner, PruneResult
+from notify_server.retention import Pruner, PruneResult, raise_if_cancelled
 from notify_server.stores import unavailable
 from notify_server.supervisor import LoopHealth
 from workers.context import WorkerContext
@@ -37,7 +37,6 @@ async def prune_once(context: WorkerContext, *, dry_run: bool = False) -> PruneR
     started = time.monotonic()
     result = await pruner.prune()
     if result is None:
-        logger.info("prune skipped: another prune is running")
         return None
     for kind, rows in (("read", result.read), ("unread", result.unread), ("sessions", result.sessions)):
         context.metrics.rows_pruned.labels(kind).inc(rows)
@@ -60,9 +59,11 @@ class PruneLoop:
 
     async def run(self, health: LoopHealth) -> None:
         while True:
+            raise_if_cancelled()  # a stop the last statement's wait_for swallowed would sleep on for ever
             await asyncio.sleep(max(0.0, self._due_at - time.monotonic()))
             try:
-                await prune_once(self._context)
+                if await prune_once(self._context) is None:
+                    logger.info("prune skipped: another prune is running; the next in %gs", self._interval_s)
             except Exception as exc:
                 if not unavailable(exc):
                     # Not a store away (a bug, a refused statement): retrying at once would fail the
