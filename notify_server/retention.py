@@ -39,9 +39,9 @@ from notify_server.stores import describe, unavailable
 logger = logging.getLogger("notify.retention")
 
 PRUNE_LOCK_KEY = 0x6E6F746966797072  # "notifypr": the advisory lock only one prune holds at a time
-# After each batch a prune pauses this many times as long as the batch took: it then keeps the database
-# busy half the time at most, and live events keep their latency (README "Retention": on a 2-core box,
-# p99 96 ms during a prune of a million rows with the pause, 457 ms without; the prune takes twice as long).
+# After each batch a prune pauses this many times as long as the batch took: it keeps the database busy
+# half the time at most, and live events keep their latency; it deletes at about half speed (README
+# "Retention" has the figures, bench/prune.py measures them).
 PAUSE_PER_BATCH = 1.0
 KINDS = ("read", "unread", "sessions")
 
