@@ -102,6 +102,7 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                stopping(exc)
                 error = exc
             if time.monotonic() - started > 30:
                 backoff.reset()  # it ran for a while: a new outage, not the same one
@@ -129,6 +130,15 @@ class Backoff:
 
     def reset(self) -> None:
         self._next_s = self._first_s
+
+
+def stopping(exc: BaseException) -> None:
+    """Re-raise as a cancellation when the task is being cancelled: on Python 3.11, asyncio.wait_for (aiopg
+    wraps every statement in it) and aiopg's transactions can turn a cancel into another error
+    (gh-86296), and a supervisor that took it for a failure would restart the loop instead of stopping."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 def _first_line(error: BaseException) -> str:

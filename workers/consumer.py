@@ -26,7 +26,7 @@ from notify_server.eventqueue import ClaimedJob, Outcome, now_ms
 from notify_server.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, render
 from notify_server.settings import Settings
 from notify_server.stores import Fault, classify, reconnect_if_stale
-from notify_server.supervisor import Backoff, LoopHealth, Supervisor, report_failure
+from notify_server.supervisor import Backoff, LoopHealth, Supervisor, report_failure, stopping
 from workers.context import WorkerContext
 from workers.pipeline import Attempt, StoreUnavailable, Verdict, process_events
 from workers.pruning import PRUNE_LOOP_NAME, PruneLoop
@@ -110,6 +110,7 @@ class EventConsumer:
                 if not handled:
                     await self._wait_for_work(max(self.poll_delay_s, 0.005))
             except Exception as exc:  # supervised: whatever happens, the loop goes on after a backoff
+                stopping(exc)
                 delay_s = backoff.next()
                 report_failure(LOOP_NAME, self.health, exc, delay_s)
                 self.metrics.loop_restarts.labels(LOOP_NAME).inc()
