@@ -15,7 +15,7 @@ from notify_server.migrations import apply_migrations
 
 EXPECTED_MIGRATIONS = [
     "0001_sessions", "0002_notifications", "0003_unread_counters", "0004_retention_indexes",
-    "0005_store_events_function",
+    "0005_store_events_function", "0006_store_events_custom_plans",
 ]
 
 
@@ -178,3 +178,9 @@ def test_notifications_are_indexed_by_recipient(database_url: str) -> None:
     definitions = [str(definition) for (definition,) in indexes]
     assert any("WHERE (read_at IS NULL)" in d for d in definitions), definitions  # unread of user X
     assert any("WHERE" not in d for d in definitions), definitions  # newest of user X
+
+
+def test_the_store_function_plans_each_call_afresh(database_url: str) -> None:
+    # A plan cached while the table was empty would scan all of it on every batch for ever (0006).
+    rows = query(database_url, "SELECT proconfig FROM pg_proc WHERE proname = 'notify_store_events'")
+    assert rows == [(["plan_cache_mode=force_custom_plan"],)], rows
