@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -341,9 +342,10 @@ class Session:
             for pid in self.stack.worker_pids:
                 os.kill(pid, signal.SIGCONT)
         expected = sum(self.tabs_of.get(users[user_for_seq(s, len(users))], 0) for s in range(seq0, seq0 + count))
-        waits_task = asyncio.create_task(self._sample_pg_waits())
+        sampling = asyncio.Event()
+        waits_task = asyncio.create_task(self._sample_pg_waits(sampling))
         await wait_frames(self.clients, expected)
-        waits_task.cancel()
+        sampling.set()
         pg_waits = await waits_task
         cpu = meter.stop()
         for p in profilers:
@@ -354,25 +356,24 @@ class Session:
                       unexpected_closes=d.unexpected_closes, others_before_pct=others_before, pg_waits=pg_waits)
         return result
 
-    async def _sample_pg_waits(self, every_s: float = 0.01) -> dict[str, Any]:
-        """What this database's active backends are doing, sampled until cancelled: {"samples": n,
+    async def _sample_pg_waits(self, done: asyncio.Event, every_s: float = 0.01) -> dict[str, Any]:
+        """What this database's active backends are doing, sampled until `done` is set: {"samples": n,
         "<wait_event_type>:<wait_event>" or "cpu": backend-samples}. Lock waits of the workers show
-        here (two batches updating the same unread counters)."""
+        here (two batches updating the same unread counters). Stopped by an event, not a cancel: aiopg's
+        wait_for can swallow a cancel (Python 3.11, gh-86296), and this loop then never ended."""
         counts: dict[str, int] = {}
         samples = 0
-        try:
-            async with aiopg.connect(self.stack.database_url) as conn, conn.cursor() as cur:
-                while True:
-                    await cur.execute(
-                        "SELECT coalesce(wait_event_type || ':' || wait_event, 'cpu'), count(*) FROM pg_stat_activity"
-                        " WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()"
-                        " GROUP BY 1")
-                    for key, n in await cur.fetchall():
-                        counts[key] = counts.get(key, 0) + int(n)
-                    samples += 1
-                    await asyncio.sleep(every_s)
-        except asyncio.CancelledError:
-            pass
+        async with aiopg.connect(self.stack.database_url) as conn, conn.cursor() as cur:
+            while not done.is_set():
+                await cur.execute(
+                    "SELECT coalesce(wait_event_type || ':' || wait_event, 'cpu'), count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()"
+                    " GROUP BY 1")
+                for key, n in await cur.fetchall():
+                    counts[key] = counts.get(key, 0) + int(n)
+                samples += 1
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(done.wait(), every_s)
         return {"samples": samples, **dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
 
     async def _poll_stored(self, event_id: str, rows: int, cap_s: float = 60.0) -> float | None:
