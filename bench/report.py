@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-SUSTAINED_P99_MS = 1000.0  # a rate is "sustained" when all is delivered and p99 stays under this
+SUSTAINED_P99_MS = 250.0  # a rate is "kept" when all is delivered, the producers offered it and p99 stays under this
 # The systems bench.load knows, in column order, with their column titles; a table shows those in its file.
 SYSTEMS = {"notify": "notify-server", "sio": "python-socketio", "node": "Node.js socket.io"}
+# Issue 11's targets for notify-server: offered rate -> (p99, p50) in ms.
+LATENCY_TARGETS_MS: dict[int, tuple[int | None, int | None]] = {500: (20, 5), 2000: (50, None)}
 CPU_KEYS = ("server", "worker", "redis", "postgres", "client", "producer", "others")
 
 
@@ -87,35 +89,38 @@ def build(data: dict[str, Any]) -> tuple[list[tuple[str, ...]], dict[str, Any]]:
     if any(runs_of(results, "memory", sys_) for sys_ in systems):
         largest = min((n for sys_ in systems for n in opened(sys_)), default=0)
         row(f"server RSS per idle connection at {mc:,} connections (KiB; {largest:,} opened in every run)",
-            mem, "≤ 20 KB (socket.io ≈ 135 KB)", lambda v: v is not None and v * 1.024 <= 20, " KiB", 1)
-        row(f"time to open {mc:,} connections (s)",
-            lambda sys_: [r["open"]["open_s"] for r in runs_of(results, "memory", sys_)], "–", None, " s", 2)
+            mem, "≤ 12 KB", lambda v: v is not None and v * 1.024 <= 12, " KiB", 1)
+        row(f"time to open {mc:,} authenticated connections (s)",
+            lambda sys_: [r["open"]["open_s"] for r in runs_of(results, "memory", sys_)], "≤ 3 s",
+            lambda v: v is not None and v <= 3.0, " s", 2)
     main = lambda sys_: runs_of(results, "main", sys_)  # noqa: E731
     c = args.get("connections")
     row(f"server RSS per idle connection at {c:,} (KiB)",
-        lambda sys_: [r["open"]["rss_per_conn_kb"] for r in main(sys_)], "≤ 20 KB",
-        lambda v: v is not None and v * 1.024 <= 20, " KiB", 1)
+        lambda sys_: [r["open"]["rss_per_conn_kb"] for r in main(sys_)], "–", None, " KiB", 1)
     row(f"time to open {c:,} authenticated connections (s, {c // 2:,} users × 2 tabs)",
-        lambda sys_: [r["open"]["open_s"] for r in main(sys_)], "≤ 1 s", lambda v: v is not None and v <= 1.0, " s", 2)
-    for rate, target_ms in ((250, 50), (1000, 250)):
-        if not any(ladder_step(r, rate) for sys_ in systems for r in main(sys_)):
-            continue
+        lambda sys_: [r["open"]["open_s"] for r in main(sys_)], "≤ 0.8 s", lambda v: v is not None and v <= 0.8,
+        " s", 2)
+    for rate in sorted({s["rate_offered"] for sys_ in systems for r in main(sys_) for s in r["ladder"]}):
+        p99_target, p50_target = LATENCY_TARGETS_MS.get(rate, (None, None))
         row(f"end-to-end p99 at {rate:,} events/s, each to one user's 2 tabs (ms)",
             lambda sys_, rate=rate: [(ladder_step(r, rate) or {}).get("p99_ms") for r in main(sys_)],
-            f"≤ {target_ms} ms", lambda v, t=target_ms: v is not None and v <= t, " ms")
+            f"≤ {p99_target} ms" if p99_target else "–",
+            (lambda v, t=p99_target: v is not None and v <= t) if p99_target else None, " ms")
         row(f"  p50 at {rate:,}/s (ms)",
             lambda sys_, rate=rate: [(ladder_step(r, rate) or {}).get("p50_ms") for r in main(sys_)],
-            "–", None, " ms", 1)
+            f"≤ {p50_target} ms" if p50_target else "–",
+            (lambda v, t=p50_target: v is not None and v <= t) if p50_target else None, " ms", 1)
     row("delivered / expected, worst ladder step (%)",
         lambda sys_: [min((100.0 * s["delivered"] / s["expected"] for s in r["ladder"]), default=None)
                       for r in main(sys_)], "100 % (loss 0)", lambda v: v is not None and v >= 100.0, " %", 2)
     row("duplicate or misaddressed frames, all steps",
         lambda sys_: [sum(s["duplicates"] + s["wrong_user"] for s in r["ladder"] + [r["flood"]]) for r in main(sys_)],
         "0", lambda v: v == 0)
-    row(f"highest sustained rate on the ladder (events/s; 100 % delivered, p99 ≤ {SUSTAINED_P99_MS:.0f} ms)",
-        lambda sys_: [highest_sustained(r) for r in main(sys_)], "–", None)
+    row(f"highest rate kept on the ladder (events/s; 100 % delivered, p99 ≤ {SUSTAINED_P99_MS:.0f} ms, "
+        "the producers offered ≥ 95 % of it)",
+        lambda sys_: [highest_sustained(r) for r in main(sys_)], "≥ 3,000", lambda v: v is not None and v >= 3000)
     fe = args.get("flood_events")
-    row(f"flood: {fe:,} events as fast as one producer enqueues, 1 worker, 1 node (events/s, 100 % delivered)",
+    row(f"flood: {fe:,} events as fast as the producers enqueue, 1 worker, 1 node (events/s, 100 % delivered)",
         lambda sys_: [r["flood"]["events_per_s"] for r in main(sys_)], "–", None)
     row(f"drain: {fe:,} events queued while the worker was paused, then drained, 1 worker, 1 node (events/s)",
         lambda sys_: [r.get("drain", {}).get("events_per_s") for r in main(sys_)] if sys_ == "notify" else [],
@@ -133,20 +138,20 @@ def build(data: dict[str, Any]) -> tuple[list[tuple[str, ...]], dict[str, Any]]:
     fan = lambda sys_, key: [r["fanout"].get(key) for r in main(sys_)]  # noqa: E731
     if "notify" in systems:
         notify_only(f"fan-out: one event to {fr:,} users, {fc:,} connected (1 tab each): all rows stored (s)",
-                    runs_fmt(fan("notify", "all_rows_stored_s"), " s", 2), "n/a (stores nothing)", "≤ 2 s",
-                    "yes" if (med(fan("notify", "all_rows_stored_s")) or 9e9) <= 2 else "**no**")
-    row("fan-out: every connected tab served (s after enqueue)", lambda sys_: fan(sys_, "span_s"), "≤ 2 s",
-        lambda v: v is not None and v <= 2, " s", 2)
+                    runs_fmt(fan("notify", "all_rows_stored_s"), " s", 2), "n/a (stores nothing)")
+    row("fan-out: every connected tab served (s after enqueue)", lambda sys_: fan(sys_, "span_s"), "≤ 0.3 s",
+        lambda v: v is not None and v <= 0.3, " s", 2)
+    row("fan-out: first frame (s after enqueue)", lambda sys_: fan(sys_, "first_frame_after_s"), "–", None, " s", 2)
     row("fan-out: deliveries/s, push phase (tabs / (last frame − first frame))",
         lambda sys_: [(r["fanout"]["delivered"] / r["fanout"]["push_phase_s"]) if r["fanout"]["push_phase_s"] else None
-                      for r in main(sys_)], "≥ 20,000", lambda v: v is not None and v >= 20_000)
+                      for r in main(sys_)], "–", None)
     row("fan-out: deliveries/s, end to end (tabs / (last frame − enqueue))",
         lambda sys_: fan(sys_, "deliveries_per_s"), "–", None)
     row("fan-out: delivered / connected tabs (%)",
         lambda sys_: [100.0 * r["fanout"]["delivered"] / r["fanout"]["expected"] for r in main(sys_)], "100 %",
         lambda v: v is not None and v >= 100, " %", 1)
     # CPU split at the 1,000/s step and client CPU while opening
-    for rate in (1000,):
+    for rate in (500, 2000):
         for sys_ in systems:
             steps = [ladder_step(r, rate) for r in main(sys_)]
             steps = [s for s in steps if s]
@@ -195,8 +200,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
                 ax.plot([p["rate"]], [p["p50_ms"]], "o", mfc="none", mec="gray", markersize=13, mew=1.5)
             if not p["all_delivered"]:
                 ax.plot([p["rate"]], [p["p99_ms"]], "x", color="red", markersize=12, mew=2)
-    for rate, target in ((250, 50), (1000, 250)):
-        ax.plot([rate], [target], "v", color="green", markersize=9)
+    for rate, (p99_target, _) in LATENCY_TARGETS_MS.items():
+        if p99_target:
+            ax.plot([rate], [p99_target], "v", color="green", markersize=9)
     ax.plot([], [], "v", color="green", label="targets (p99)")
     ax.plot([], [], "o", mfc="none", mec="gray", markersize=11, label="producers < 95 % of the offered rate")
     ax.set_xscale("log")
