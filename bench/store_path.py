@@ -142,6 +142,9 @@ async def main_async(args: argparse.Namespace) -> None:
     with postgres_server() as server, throwaway_database(server) as url:
         db = Database(DatabaseSettings(url=url, pool_min_size=1, pool_max_size=1))
         repo = NotificationRepository(db)
+        if args.plan_cache_mode != "force_custom_plan":  # migration 0006's setting, undone to compare
+            async with db.connection() as conn, conn.cursor() as cur:
+                await cur.execute(f"ALTER FUNCTION notify_store_events SET plan_cache_mode = {args.plan_cache_mode}")
         if args.prefill:
             async with db.connection() as conn, conn.cursor() as cur:
                 await cur.execute(
@@ -169,6 +172,8 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--plan-cache-mode", default="force_custom_plan", choices=["force_custom_plan", "auto"],
+                        help="the store function's plan_cache_mode (auto = before migration 0006)")
     parser.add_argument("--prefill", type=int, default=0, help="rows stored before the first batch")
     parser.add_argument("--sizes", default="1x1,10x1,50x1,1x100,1x2000",
                         help="EVENTSxRECIPIENTS per batch, comma-separated")
