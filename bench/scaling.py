@@ -72,7 +72,8 @@ async def one(database_url: str, redis_url: str, data_dir: Path, redis_pid: int,
             cpu_us = {name: sec * 1e6 / count for name, sec in meter.seconds.items()}
             service = sum(cpu_us[k] for k in ("worker", "postgres", "redis", "node"))
             return {
-                "label": label, "connections": connections, "opened": opened["opened"], "nodes": nodes,
+                "label": label, "connections": connections, "opened": opened["opened"], "open_s": opened["open_s"],
+                "nodes": nodes,
                 "recipients": recipients, "events": count, "rate": rate, "delivered": stats["delivered"],
                 "expected": stats["expected"], "p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"],
                 "cpu_us_per_event": cpu_us, "service_us_per_event": service,
@@ -110,7 +111,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| connections | nodes | recipients / event | events/s | delivered | p50 | p99 | service CPU µs / event |"
-             " µs / delivery | worker | Postgres | Redis | node(s) |", "|" + "---|" * 13]
+             " µs / delivery | worker | Postgres | Redis | node(s) | time to open |", "|" + "---|" * 14]
     keys = sorted({(r["connections"], r["nodes"], r["recipients"]) for r in results})
     for key in keys:
         rs = [r for r in results if (r["connections"], r["nodes"], r["recipients"]) == key]
@@ -125,7 +126,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{med(lambda r: r['service_us_per_event']):,.0f} | {med(lambda r: r['service_us_per_delivery']):,.0f} | "
             + " | ".join(f"{med(lambda r, k=k: r['cpu_us_per_event'][k]):,.0f}" for k in ("worker", "postgres", "redis",
                                                                                             "node"))
-            + " |")
+            + f" | {med(lambda r: r.get('open_s') or 0):.2f} s |")
     return "\n".join(lines)
 
 
