@@ -588,12 +588,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--scenarios", default="memory,main,scale")
+    parser.add_argument("--scenarios", default="memory,main")
     parser.add_argument("--connections", type=int, default=2000, help="C of the main runs (C/2 users x 2 tabs)")
     parser.add_argument("--memory-connections", type=int, default=10_000)
-    parser.add_argument("--rates", default="100,250,500,1000,1500,2000,3000")
+    parser.add_argument("--rates", default="250,500,1000,2000,3000")
     parser.add_argument("--step-s", type=float, default=5.0, help="seconds of each ladder step")
-    parser.add_argument("--long-rates", default="250,1000",
+    parser.add_argument("--long-rates", default="500,2000",
                         help="ladder rates measured for --long-step-s instead (the targets' rates)")
     parser.add_argument("--long-step-s", type=float, default=30.0,
                         help="30 s = one heartbeat interval: every such step contains exactly one ping sweep")
