@@ -35,6 +35,7 @@ from notify_server.db import Database
 from notify_server.notifications import UnreadState
 from notify_server.settings import RetentionSettings
 from notify_server.stores import describe, unavailable
+from notify_server.supervisor import stopping
 
 logger = logging.getLogger("notify.retention")
 
@@ -46,18 +47,6 @@ PAUSE_PER_BATCH = 1.0
 KINDS = ("read", "unread", "sessions")
 
 CountsPush = Callable[[Mapping[str, UnreadState]], Awaitable[object]]
-
-
-def raise_if_cancelled() -> None:
-    """Raise CancelledError when this task was asked to stop but the request got lost on the way.
-
-    Under Python 3.11, asyncio.wait_for (which aiopg awaits every statement with) can swallow a
-    cancellation that arrives as the statement completes (gh-86296, fixed in 3.12); the task is then
-    marked as cancelling but runs on. A prune checks between batches, so it stops when asked.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +208,7 @@ class Pruner:
             else:
                 await cur.execute(sql, params)  # autocommit: the statement is its own transaction
                 row = await cur.fetchone()
-            raise_if_cancelled()
+            stopping()  # a stop the statement's wait_for swallowed: end the prune between batches
             if row is None:  # nothing left below the cutoff (but rows others held locked)
                 return deleted
             await asyncio.sleep((time.monotonic() - started) * PAUSE_PER_BATCH)

@@ -39,8 +39,8 @@ SSE_PATH = "/sse/notifications"
 SSE = "sse"  # the transport's name in logs, metrics and the connect proxy's request
 _FRAME_HEAD = b'{"type":"'
 _DATA_KEY = b'","data":'
-CLOSED_POLL_S = 1.0
-RETRY_MIN_MS, RETRY_MAX_MS = 1000, 5000  # how often a stream checks that its client is still there between writes
+CLOSED_POLL_S = 1.0  # how often a stream checks that its client is still there between writes
+RETRY_MIN_MS, RETRY_MAX_MS = 1000, 5000  # the jittered `retry:` an EventSource reconnects after
 
 
 def encode_event(frame: str) -> bytes:

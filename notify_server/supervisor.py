@@ -132,10 +132,12 @@ class Backoff:
         self._next_s = self._first_s
 
 
-def stopping(exc: BaseException) -> None:
-    """Re-raise as a cancellation when the task is being cancelled: on Python 3.11, asyncio.wait_for (aiopg
-    wraps every statement in it) and aiopg's transactions can turn a cancel into another error
-    (gh-86296), and a supervisor that took it for a failure would restart the loop instead of stopping."""
+def stopping(exc: BaseException | None = None) -> None:
+    """Raise CancelledError when this task is being cancelled but the cancel got lost on the way: on
+    Python 3.11, asyncio.wait_for (aiopg wraps every statement in it) can swallow a cancel that arrives
+    as the statement completes, and aiopg's transactions can turn it into another error (`exc`;
+    gh-86296, fixed in 3.12). A loop that took that for a failure would restart instead of stopping, and
+    one that went on would never see the stop; both call this."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from exc

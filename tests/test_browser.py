@@ -194,10 +194,7 @@ def test_demo_two_tabs_toast_badge_mark_read_and_unauthorized(browser: Any, dev_
     console_errors: list[str] = []
     context = browser.new_context(viewport={"width": 1180, "height": 680})
     try:
-        page_a = context.new_page()
-        page_a.on("pageerror", lambda exc: console_errors.append(f"A: {exc}"))
-        sockets_a: list[Any] = []
-        page_a.on("websocket", lambda ws: sockets_a.append(ws))
+        page_a, sockets_a, _ = _watched_page(context, "A", console_errors)
 
         # Tab A: sign in as alice; the socket goes live and the count is 0.
         page_a.goto(base + "/")
@@ -209,10 +206,7 @@ def test_demo_two_tabs_toast_badge_mark_read_and_unauthorized(browser: Any, dev_
         expect(_badge(page_a)).to_be_hidden()
 
         # Tab B: same context, same cookie, already signed in.
-        page_b = context.new_page()
-        page_b.on("pageerror", lambda exc: console_errors.append(f"B: {exc}"))
-        sockets_b: list[Any] = []
-        page_b.on("websocket", lambda ws: sockets_b.append(ws))
+        page_b, sockets_b, _ = _watched_page(context, "B", console_errors)
         page_b.goto(base + "/")
         expect(page_b.locator("#who-name")).to_have_text("alice")
         expect(page_b.locator("#status")).to_have_attribute("data-status", "open")
@@ -299,10 +293,7 @@ def test_demo_two_tabs_toast_badge_mark_read_and_unauthorized(browser: Any, dev_
     # the client does not try again.
     stranger = browser.new_context()
     try:
-        page = stranger.new_page()
-        page.on("pageerror", lambda exc: console_errors.append(f"stranger: {exc}"))
-        sockets: list[Any] = []
-        page.on("websocket", lambda ws: sockets.append(ws))
+        page, sockets, _ = _watched_page(stranger, "stranger", console_errors)
         page.goto(base + "/")
         expect(page.locator("#signin")).to_be_visible()
         assert sockets == []  # the demo opens no socket before sign-in
@@ -734,6 +725,16 @@ def _stream_requests(page: Any) -> list[Any]:
     return requests
 
 
+def _watched_page(context: Any, label: str, errors: list[str]) -> tuple[Any, list[Any], list[Any]]:
+    """A new tab of `context` whose script errors go to `errors` (as "label: error"); also the WebSockets
+    it opens and its requests to the event stream, each in order, as they happen."""
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(f"{label}: {exc}"))
+    sockets: list[Any] = []
+    page.on("websocket", lambda ws: sockets.append(ws))  # playwright wants a Python function, not a builtin
+    return page, sockets, _stream_requests(page)
+
+
 def _item_ids(page: Any) -> list[str]:
     return page.eval_on_selector_all("#list .item", "items => items.map(item => item.dataset.id)")
 
@@ -790,22 +791,14 @@ def test_demo_falls_back_to_sse_where_websockets_are_blocked_and_resumes_with_la
     restarted: DevServer | None = None
     errors: list[str] = []
     try:
-        page_a = blocked.new_page()
-        page_a.on("pageerror", lambda exc: errors.append(f"A: {exc}"))
-        sockets_a: list[Any] = []
-        page_a.on("websocket", lambda ws: sockets_a.append(ws))
-        streams_a = _stream_requests(page_a)
+        page_a, sockets_a, streams_a = _watched_page(blocked, "A", errors)
         _sign_in(page_a, base, "sam")
         expect(page_a.locator("#transport")).to_have_text("SSE (fallback)")
         expect(page_a.locator("#transport")).to_have_attribute("data-transport", "sse")
         assert page_a.evaluate("window.__wsTries") == 3  # fallbackAfter (3) failed opens, then the stream
         assert len(streams_a) == 1 and "token=" not in streams_a[0].url  # same origin: the cookie
 
-        page_c = unblocked.new_page()
-        page_c.on("pageerror", lambda exc: errors.append(f"C: {exc}"))
-        sockets_c: list[Any] = []
-        page_c.on("websocket", lambda ws: sockets_c.append(ws))
-        streams_c = _stream_requests(page_c)
+        page_c, sockets_c, streams_c = _watched_page(unblocked, "C", errors)
         _sign_in(page_c, base, "sam")
         expect(page_c.locator("#transport")).to_have_text("WebSocket")
         assert len(sockets_c) == 1 and streams_c == []
@@ -858,9 +851,7 @@ def test_demo_falls_back_to_sse_where_websockets_are_blocked_and_resumes_with_la
         assert sockets_a == [], "a blocked tab opened a real WebSocket"
 
         # Sign out in A: the session is revoked, B's stream ends with `close` 4001, and B stays stopped.
-        page_b = blocked.new_page()
-        page_b.on("pageerror", lambda exc: errors.append(f"B: {exc}"))
-        streams_b = _stream_requests(page_b)
+        page_b, _, streams_b = _watched_page(blocked, "B", errors)
         page_b.goto(base + "/")
         expect(page_b.locator("#status")).to_have_attribute("data-status", "open")
         expect(page_b.locator("#transport")).to_have_text("SSE (fallback)")
@@ -901,12 +892,8 @@ def test_client_over_sse_refreshes_get_token_credentials_returns_to_the_websocke
     context = browser.new_context()
     context.add_init_script(BLOCK_WEBSOCKETS)
     try:
-        page = context.new_page()
         errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        sockets: list[Any] = []
-        page.on("websocket", lambda ws: sockets.append(ws))
-        streams = _stream_requests(page)
+        page, sockets, streams = _watched_page(context, "page", errors)
         page.expose_function("mintToken", mint_token)
         page.goto(base + "/")
         page.evaluate(

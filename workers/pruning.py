@@ -12,9 +12,9 @@ import asyncio
 import logging
 import time
 
-from notify_server.retention import Pruner, PruneResult, raise_if_cancelled
+from notify_server.retention import Pruner, PruneResult
 from notify_server.stores import unavailable
-from notify_server.supervisor import LoopHealth
+from notify_server.supervisor import LoopHealth, stopping
 from workers.context import WorkerContext
 
 logger = logging.getLogger("notify.worker.prune")
@@ -59,7 +59,7 @@ class PruneLoop:
 
     async def run(self, health: LoopHealth) -> None:
         while True:
-            raise_if_cancelled()  # a stop the last statement's wait_for swallowed would sleep on for ever
+            stopping()  # a stop the last statement's wait_for swallowed would sleep on for ever
             await asyncio.sleep(max(0.0, self._due_at - time.monotonic()))
             try:
                 if await prune_once(self._context) is None:
