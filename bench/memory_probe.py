@@ -22,8 +22,8 @@ from aiohttp import web
 from bench.loadclient import ClientPool
 from bench.procstats import rss_kb
 from bench.stack import stores
-from notify_server.app import create_app
-from notify_server.settings import load_settings
+from notify_server.core.settings import load_settings
+from notify_server.web.app import create_app
 from tests.processes import free_port
 
 

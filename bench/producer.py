@@ -1,6 +1,6 @@
 """The producer process: enqueues events at a fixed rate (or as fast as it can), each with its send time.
 
-notify: `notify_server.producer.enqueue_event(redis, event)`, the real producer path (an arq job), with
+notify: `notify_server.ingest.producer.enqueue_event(redis, event)`, the real producer path (an arq job), with
 `metadata = {"sent_at": time.time(), "seq": n}` taken just before the enqueue call.
 sio: `socketio.AsyncRedisManager(write_only=True).emit("notification", frame, room="user:<id>")`, the
 same frame as notify-server pushes (built here: the peer stores nothing), to the user's room.
@@ -61,7 +61,7 @@ class _NotifySender(_Sender):
         self.redis = Redis.from_url(self.redis_url, max_connections=INFLIGHT_MAX + 8)
 
     async def send(self, seq: int, tag: str, recipients: Sequence[str]) -> None:
-        from notify_server.producer import enqueue_event
+        from notify_server.ingest.producer import enqueue_event
 
         await enqueue_event(self.redis, {
             "event_id": f"{tag}-{seq}",

@@ -9,7 +9,7 @@ Each run, in a throw-away database and Redis db:
    CONCURRENTLY on the full table) and runs VACUUM ANALYZE, as autovacuum would have;
 2. starts one node and one worker (`notify-server serve` / `worker`), opens one WebSocket per live user
    (`--users`, whose old rows are among the seeded ones, so their counts fall during the prune), and
-   sends `--rate` events/s through `notify_server.producer.enqueue_event`, each to one live user; the
+   sends `--rate` events/s through `notify_server.ingest.producer.enqueue_event`, each to one live user; the
    clock runs from just before the enqueue to the frame read by the tab;
 3. baseline: `--baseline-s` of events with no prune (the first 2 s not counted);
 4. prune: the worker is restarted with `retention.interval_s` set, so its own periodic prune starts ten
@@ -43,12 +43,12 @@ from redis.asyncio import Redis
 
 from bench.procstats import CpuMeter, cpu_seconds, redis_pids
 from bench.stack import Processes, env_for, percentile, stores
-from notify_server.db import Database
-from notify_server.migrations import apply_migrations
-from notify_server.producer import enqueue_event
-from notify_server.retention import _WALKS, PRUNE_LOCK_KEY, _batch_sql  # the bench peeks at the statements
-from notify_server.sessions import SessionStore
-from notify_server.settings import DatabaseSettings
+from notify_server.core.settings import DatabaseSettings
+from notify_server.ingest.producer import enqueue_event
+from notify_server.storage.db import Database
+from notify_server.storage.migrations import apply_migrations
+from notify_server.storage.retention import _WALKS, PRUNE_LOCK_KEY, _batch_sql  # the bench peeks at the statements
+from notify_server.storage.sessions import SessionStore
 from tests.processes import free_port, wait_http_ok
 
 SEED_USERS = 20_000

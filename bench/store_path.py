@@ -26,9 +26,9 @@ from typing import Any
 
 import orjson
 
-from notify_server.db import Database
-from notify_server.notifications import NewNotifications, NotificationRepository, Recipient
-from notify_server.settings import DatabaseSettings
+from notify_server.core.settings import DatabaseSettings
+from notify_server.storage.db import Database
+from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient
 from tests.services import postgres_server, throwaway_database
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -1,3 +1,3 @@
-from notify_server.cli import main
+from notify_server.ops.cli import main
 
 raise SystemExit(main())

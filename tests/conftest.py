@@ -14,10 +14,10 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from notify_server.db import Database
-from notify_server.notifications import NotificationRepository
-from notify_server.sessions import SessionStore
-from notify_server.settings import Settings, load_settings
+from notify_server.core.settings import Settings, load_settings
+from notify_server.storage.db import Database
+from notify_server.storage.notifications import NotificationRepository
+from notify_server.storage.sessions import SessionStore
 from tests.services import TEST_CLAIM_KEY, postgres_server, redis_server, throwaway_database, throwaway_redis_db
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

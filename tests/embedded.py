@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from notify_server import embedded
+from notify_server.ops import embedded
 
 
 @contextmanager

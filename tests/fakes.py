@@ -17,8 +17,8 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from notify_server.app import create_app
-from notify_server.settings import Settings
+from notify_server.core.settings import Settings
+from notify_server.web.app import create_app
 
 WS_PATH = "/ws/notifications"
 FRAME_TIMEOUT_S = 5.0

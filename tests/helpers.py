@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from notify_server.notifications import NewNotifications, Notification, NotificationRepository, StoredEvent
-from notify_server.settings import Settings
+from notify_server.core.settings import Settings
+from notify_server.storage.notifications import NewNotifications, Notification, NotificationRepository, StoredEvent
 from workers.consumer import EventConsumer
 from workers.context import CTX_KEY, WorkerContext
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import redis
 
-from notify_server.migrations import apply_migrations
+from notify_server.storage.migrations import apply_migrations
 
 TEST_CLAIM_KEY = "notify:test:claimed-by"
 

@@ -22,9 +22,9 @@ import pytest
 from aiohttp import WSMsgType
 from redis.asyncio import Redis
 
-from notify_server.push import PushItem, StreamPushTransport
-from notify_server.sessions import SessionStore, hash_token
-from notify_server.settings import Settings
+from notify_server.core.settings import Settings
+from notify_server.storage.sessions import SessionStore, hash_token
+from notify_server.transport.push import PushItem, StreamPushTransport
 from tests.processes import Process, free_port, wait_http_ok
 from tests.test_hostile_input import RawWebSocket
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from notify_server.notifications import NewNotifications, NotificationRepository, Recipient
-from notify_server.sessions import SessionStore, hash_token
-from notify_server.settings import Settings
+from notify_server.core.settings import Settings
+from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient
+from notify_server.storage.sessions import SessionStore, hash_token
 from tests.fakes import connect_and_count, start_node
 from tests.helpers import insert
 

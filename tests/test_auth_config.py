@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from notify_server.settings import ConfigError, settings_from_mapping
+from notify_server.core.settings import ConfigError, settings_from_mapping
 from tests.tokens import es256_key, rs256_key
 
 SECRET = "s" * 32

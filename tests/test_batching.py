@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from notify_server.batching import BatchLoader
+from notify_server.core.batching import BatchLoader
 
 
 async def test_keys_asked_for_together_share_one_call_and_missing_keys_get_the_default() -> None:

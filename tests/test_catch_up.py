@@ -20,13 +20,13 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from notify_server.app import create_app
-from notify_server.frames import notification_frame
-from notify_server.notifications import NotificationRepository
-from notify_server.producer import enqueue_event
-from notify_server.push import PushItem, StreamPushTransport
-from notify_server.sessions import SessionStore
-from notify_server.settings import Settings
+from notify_server.core.settings import Settings
+from notify_server.ingest.producer import enqueue_event
+from notify_server.storage.notifications import NotificationRepository
+from notify_server.storage.sessions import SessionStore
+from notify_server.transport.frames import notification_frame
+from notify_server.transport.push import PushItem, StreamPushTransport
+from notify_server.web.app import create_app
 from tests.helpers import arq_job_ctx, run_worker_burst
 from workers.jobs import process_event
 

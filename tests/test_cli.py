@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from notify_server.constants import SESSION_REVOKED_CHANNEL
-from notify_server.sessions import SessionStore, hash_token
-from notify_server.settings import Settings
+from notify_server.core.constants import SESSION_REVOKED_CHANNEL
+from notify_server.core.settings import Settings
+from notify_server.storage.sessions import SessionStore, hash_token
 from tests.helpers import run_worker_burst
 from tests.test_migrations import empty_database
 

@@ -11,9 +11,9 @@ import asyncio
 import orjson
 import pytest
 
-from notify_server.connections import NotificationWebSocketManager
-from notify_server.constants import CLOSE_TOO_SLOW
-from notify_server.notifications import NewNotifications, NotificationRepository, Recipient
+from notify_server.core.constants import CLOSE_TOO_SLOW
+from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient
+from notify_server.transport.connections import NotificationWebSocketManager
 from tests.fakes import FakeSocket, wait_until
 from tests.helpers import insert
 

@@ -12,14 +12,14 @@ import orjson
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from notify_server import appkeys
-from notify_server.app import create_app
-from notify_server.constants import CLOSE_GOING_AWAY, PUSH_STREAM_PREFIX
-from notify_server.presence import Presence
-from notify_server.producer import enqueue_event
-from notify_server.push import PushItem, PushJob, StreamPushTransport, decode_job, encode_job, stream_key
-from notify_server.sessions import SessionStore
-from notify_server.settings import Settings
+from notify_server.core.constants import CLOSE_GOING_AWAY, PUSH_STREAM_PREFIX
+from notify_server.core.settings import Settings
+from notify_server.ingest.producer import enqueue_event
+from notify_server.storage.sessions import SessionStore
+from notify_server.transport.presence import Presence
+from notify_server.transport.push import PushItem, PushJob, StreamPushTransport, decode_job, encode_job, stream_key
+from notify_server.web import appkeys
+from notify_server.web.app import create_app
 from tests.fakes import (
     assert_nothing_arrives,
     claim_rejected,
@@ -220,7 +220,7 @@ async def test_a_retried_event_is_not_pushed_twice(
 
 
 async def read_jobs(transport: StreamPushTransport, node_id: str) -> AsyncIterator[list[PushJob]]:
-    """The node's read loop (notify_server.delivery.PushConsumer) as an iterator of non-empty batches."""
+    """The node's read loop (notify_server.transport.delivery.PushConsumer) as an iterator of non-empty batches."""
     last_id = await transport.newest_id(node_id)
     while True:
         last_id, jobs = await transport.read(node_id, last_id)
@@ -389,7 +389,7 @@ async def test_presence_refresher_rebuilds_presence_lost_in_redis(
 
 
 async def test_lookup_removes_fields_of_nodes_whose_presence_lapsed(redis_client) -> None:
-    from notify_server.presence import Presence
+    from notify_server.transport.presence import Presence
 
     presence = Presence(redis_client, ttl_s=30)
     await presence.add("alive-node", ["carol"])

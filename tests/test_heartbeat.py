@@ -9,11 +9,11 @@ import socket
 from aiohttp import WSMsgType
 from redis.asyncio import Redis
 
-from notify_server import appkeys
-from notify_server.constants import CLOSE_HEARTBEAT_TIMEOUT
-from notify_server.presence import Presence
-from notify_server.sessions import SessionStore
-from notify_server.settings import Settings
+from notify_server.core.constants import CLOSE_HEARTBEAT_TIMEOUT
+from notify_server.core.settings import Settings
+from notify_server.storage.sessions import SessionStore
+from notify_server.transport.presence import Presence
+from notify_server.web import appkeys
 from tests.fakes import connect_and_count, expect_dropped, start_node, wait_until, wait_until_async
 
 INTERVAL_S = 0.3

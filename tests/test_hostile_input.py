@@ -9,10 +9,10 @@ notifications, and its log holds no traceback. Events are fuzzed with hypothesis
 from __future__ import annotations
 
 import asyncio
-import decimal
 import base64
 import concurrent.futures
 import contextlib
+import decimal
 import json
 import os
 import re
@@ -37,8 +37,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from notify_server.sessions import SessionStore
-from notify_server.settings import Settings
+from notify_server.core.settings import Settings
+from notify_server.storage.sessions import SessionStore
 from tests.helpers import arq_job_ctx
 from tests.processes import REPO_ROOT, Process, free_port
 from workers.jobs import process_event

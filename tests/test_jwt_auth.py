@@ -17,10 +17,10 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from notify_server import appkeys
-from notify_server.constants import CLOSE_UNAUTHORIZED
-from notify_server.sessions import SessionStore
-from notify_server.settings import Settings
+from notify_server.core.constants import CLOSE_UNAUTHORIZED
+from notify_server.core.settings import Settings
+from notify_server.storage.sessions import SessionStore
+from notify_server.web import appkeys
 from tests.fakes import assert_nothing_arrives, connect_and_count, expect_close, open_tab, start_node, wait_until
 from tests.tokens import SigningKey, es256_key, hs256_key, rs256_key, unsigned_token
 

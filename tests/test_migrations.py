@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from notify_server.migrations import apply_migrations
+from notify_server.storage.migrations import apply_migrations
 
 EXPECTED_MIGRATIONS = [
     "0001_sessions", "0002_notifications", "0003_unread_counters", "0004_retention_indexes",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from notify_server.notifications import NewNotifications, NotificationRepository, Recipient, UnknownCursor
+from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient, UnknownCursor
 from tests.helpers import insert, mark_all_read, mark_read, store_one
 
 

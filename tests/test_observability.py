@@ -10,11 +10,11 @@ import orjson
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from notify_server.app import create_app
-from notify_server.logs import JsonFormatter, RedactingFormatter, redact
-from notify_server.producer import enqueue_event
-from notify_server.sessions import SessionStore
-from notify_server.settings import Settings
+from notify_server.core.logs import JsonFormatter, RedactingFormatter, redact
+from notify_server.core.settings import Settings
+from notify_server.ingest.producer import enqueue_event
+from notify_server.storage.sessions import SessionStore
+from notify_server.web.app import create_app
 from tests.helpers import run_worker_burst
 
 
@@ -88,7 +88,7 @@ async def test_worker_metrics_count_processed_and_rejected_events(settings: Sett
 
 
 def _render(worker) -> str:
-    from notify_server.metrics import render
+    from notify_server.core.metrics import render
 
     return render(worker.metrics.registry).decode()
 

@@ -21,11 +21,11 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from notify_server.app import create_app
-from notify_server.notifications import NewNotifications, NotificationRepository, Recipient
-from notify_server.openapi import OPENAPI_PATH, build_document
-from notify_server.sessions import SessionStore
-from notify_server.settings import Settings
+from notify_server.core.settings import Settings
+from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient
+from notify_server.storage.sessions import SessionStore
+from notify_server.web.app import create_app
+from notify_server.web.openapi import OPENAPI_PATH, build_document
 from tests.fakes import claim_rejected, start_node
 from tests.helpers import insert
 from tests.test_api import store

@@ -1,6 +1,6 @@
 """The event pipeline end to end (SPEC §5): producer -> Redis -> arq worker -> Postgres.
 
-Events go through `notify_server.producer.enqueue_event` and a real burst arq worker; a few tests call
+Events go through `notify_server.ingest.producer.enqueue_event` and a real burst arq worker; a few tests call
 `workers.jobs.process_event` directly with a worker-shaped ctx to run the same job twice or to make the
 database unreachable.
 """
@@ -17,13 +17,13 @@ from arq import Retry
 from arq.jobs import Job
 from redis.asyncio import Redis
 
-from notify_server.constants import JOB_PROCESS_EVENT
-from notify_server.jobcodec import arq_deserializer
-from notify_server.notifications import NotificationRepository
-from notify_server.presence import Presence
-from notify_server.producer import arq_pool, enqueue_event
-from notify_server.push import decode_job, stream_key
-from notify_server.settings import Settings
+from notify_server.core.constants import JOB_PROCESS_EVENT
+from notify_server.core.settings import Settings
+from notify_server.ingest.jobcodec import arq_deserializer
+from notify_server.ingest.producer import arq_pool, enqueue_event
+from notify_server.storage.notifications import NotificationRepository
+from notify_server.transport.presence import Presence
+from notify_server.transport.push import decode_job, stream_key
 from tests.helpers import arq_job_ctx, mark_all_read, run_worker_burst
 from workers.jobs import process_event
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from notify_server.presence import Presence
-from notify_server.sessions import SessionStore
+from notify_server.storage.sessions import SessionStore
+from notify_server.transport.presence import Presence
 from tests.processes import REPO_ROOT, Process, free_port, wait_http_ok
 
 

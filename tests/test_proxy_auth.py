@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from notify_server import appkeys
-from notify_server.constants import CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
-from notify_server.identity import ForwardedHeaders
-from notify_server.sessions import SessionStore
-from notify_server.settings import Settings
+from notify_server.core.constants import CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
+from notify_server.core.identity import ForwardedHeaders
+from notify_server.core.settings import Settings
+from notify_server.storage.sessions import SessionStore
+from notify_server.web import appkeys
 from tests.fakes import (
     WS_PATH,
     assert_nothing_arrives,

@@ -13,10 +13,10 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from notify_server.apikeys import ApiKeyRing, hash_api_key, new_api_key
-from notify_server.notifications import NotificationRepository
-from notify_server.sessions import SessionStore
-from notify_server.settings import Settings
+from notify_server.auth.apikeys import ApiKeyRing, hash_api_key, new_api_key
+from notify_server.core.settings import Settings
+from notify_server.storage.notifications import NotificationRepository
+from notify_server.storage.sessions import SessionStore
 from tests.fakes import claim_rejected, start_node
 from tests.helpers import run_worker_burst
 

@@ -1,4 +1,4 @@
-"""Delivery repair after a node's presence or push stream was broken (notify_server.repair): a socket that
+"""Delivery repair after a node's presence or push stream was broken (notify_server.transport.repair): a socket that
 stayed open through a Redis outage still gets what its user was sent meanwhile. The connection manager
 runs on fake sockets (as its unit tests do); the notifications are real rows in the test's Postgres."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from notify_server.connections import NotificationWebSocketManager
-from notify_server.notifications import NotificationRepository
-from notify_server.repair import REPLAY_PER_USER, PushGapRepair
-from notify_server.supervisor import LoopHealth
+from notify_server.core.supervisor import LoopHealth
+from notify_server.storage.notifications import NotificationRepository
+from notify_server.transport.connections import NotificationWebSocketManager
+from notify_server.transport.repair import REPLAY_PER_USER, PushGapRepair
 from tests.fakes import FakeSocket, wait_until
 from tests.helpers import store_one
 from tests.test_notifications_repository import new_event

@@ -19,12 +19,12 @@ import aiohttp
 import psycopg2
 import pytest
 
-from notify_server.db import Database
-from notify_server.migrations import apply_migrations
-from notify_server.notifications import NewNotifications, NotificationRepository, Recipient, UnknownCursor
-from notify_server.retention import PRUNE_LOCK_KEY, Pruner, PruneResult
-from notify_server.sessions import SessionStore
-from notify_server.settings import ConfigError, Settings, load_settings
+from notify_server.core.settings import ConfigError, Settings, load_settings
+from notify_server.storage.db import Database
+from notify_server.storage.migrations import apply_migrations
+from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient, UnknownCursor
+from notify_server.storage.retention import PRUNE_LOCK_KEY, Pruner, PruneResult
+from notify_server.storage.sessions import SessionStore
 from tests.fakes import open_tab, receive_frame, start_node, wait_until, wait_until_async
 from tests.helpers import insert
 from tests.processes import free_port

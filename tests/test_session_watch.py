@@ -10,11 +10,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from notify_server import appkeys
-from notify_server.constants import CLOSE_UNAUTHORIZED
-from notify_server.revocations import publish_revocation
-from notify_server.sessions import SessionStore, hash_token
-from notify_server.settings import Settings
+from notify_server.auth.revocations import publish_revocation
+from notify_server.core.constants import CLOSE_UNAUTHORIZED
+from notify_server.core.settings import Settings
+from notify_server.storage.sessions import SessionStore, hash_token
+from notify_server.web import appkeys
 from tests.fakes import (
     assert_nothing_arrives,
     connect_and_count,

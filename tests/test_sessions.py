@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from notify_server.sessions import MAX_TOKEN_CHARS, SessionStore, hash_token
+from notify_server.storage.sessions import MAX_TOKEN_CHARS, SessionStore, hash_token
 
 
 async def execute(pool: Any, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from notify_server.settings import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings, settings_from_mapping
+from notify_server.core.settings import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings, settings_from_mapping
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 

@@ -13,12 +13,12 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from notify_server import appkeys
-from notify_server.presence import Presence
-from notify_server.producer import enqueue_event
-from notify_server.sessions import SessionStore
-from notify_server.settings import Settings
-from notify_server.sse import SSE_PATH, encode_event
+from notify_server.core.settings import Settings
+from notify_server.ingest.producer import enqueue_event
+from notify_server.storage.sessions import SessionStore
+from notify_server.transport.presence import Presence
+from notify_server.web import appkeys
+from notify_server.web.sse import SSE_PATH, encode_event
 from tests.fakes import claim_rejected, connect_and_count, start_node, wait_until
 from tests.helpers import run_worker_burst
 

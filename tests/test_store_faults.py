@@ -39,18 +39,18 @@ from arq.jobs import Job
 from arq.worker import JobExecutionFailed
 from redis.asyncio import Redis
 
-from notify_server import embedded
-from notify_server.app import create_app
-from notify_server.eventqueue import now_ms
-from notify_server.jobcodec import arq_deserializer
-from notify_server.metrics import ServerMetrics, render
-from notify_server.migrations import apply_migrations, expected_migrations
-from notify_server.producer import arq_pool, enqueue_event, enqueue_events
-from notify_server.revocations import publish_revocation
-from notify_server.sessions import SessionStore, hash_token
-from notify_server.settings import Settings
-from notify_server.supervisor import LoopHealth, Supervisor
-from notify_server.templates import Template
+from notify_server.auth.revocations import publish_revocation
+from notify_server.core.metrics import ServerMetrics, render
+from notify_server.core.settings import Settings
+from notify_server.core.supervisor import LoopHealth, Supervisor
+from notify_server.core.templates import Template
+from notify_server.ingest.eventqueue import now_ms
+from notify_server.ingest.jobcodec import arq_deserializer
+from notify_server.ingest.producer import arq_pool, enqueue_event, enqueue_events
+from notify_server.ops import embedded
+from notify_server.storage.migrations import apply_migrations, expected_migrations
+from notify_server.storage.sessions import SessionStore, hash_token
+from notify_server.web.app import create_app
 from tests import test_faults
 from tests.helpers import run_worker_burst
 from tests.processes import REPO_ROOT, Process, free_port, wait_http_ok

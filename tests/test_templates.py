@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from notify_server.templates import MissingVariable, Template, TemplateError, TextTemplate, UnusableValue
+from notify_server.core.templates import MissingVariable, Template, TemplateError, TextTemplate, UnusableValue
 
 
 def claim_rejected(action_url: str | None = "/claims/{claim_id}") -> Template:

@@ -8,11 +8,11 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from notify_server import appkeys
-from notify_server.constants import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_UNAUTHORIZED
-from notify_server.notifications import NewNotifications, NotificationRepository, Recipient
-from notify_server.sessions import SessionStore, hash_token
-from notify_server.settings import Settings
+from notify_server.core.constants import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_UNAUTHORIZED
+from notify_server.core.settings import Settings
+from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient
+from notify_server.storage.sessions import SessionStore, hash_token
+from notify_server.web import appkeys
 from tests.fakes import (
     assert_nothing_arrives,
     connect_and_count,

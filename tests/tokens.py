@@ -14,7 +14,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from notify_server.settings import Settings
+from notify_server.core.settings import Settings
 
 AUDIENCE = "notify-server"
 ISSUER = "https://app.example"

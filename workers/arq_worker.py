@@ -12,10 +12,10 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import func
 
-from notify_server.constants import JOB_PROCESS_EVENT
-from notify_server.eventqueue import KEEP_RESULT_S
-from notify_server.jobcodec import arq_deserializer, arq_serializer
-from notify_server.settings import Settings
+from notify_server.core.constants import JOB_PROCESS_EVENT
+from notify_server.core.settings import Settings
+from notify_server.ingest.eventqueue import KEEP_RESULT_S
+from notify_server.ingest.jobcodec import arq_deserializer, arq_serializer
 from workers.context import CTX_KEY, WorkerContext
 from workers.jobs import process_event
 

@@ -1,6 +1,6 @@
 """The batched event consumer behind `notify-server worker`.
 
-It takes `process_event` jobs off the arq queue (notify_server.eventqueue speaks arq's key layout) a
+It takes `process_event` jobs off the arq queue (notify_server.ingest.eventqueue speaks arq's key layout) a
 whole batch at a time: one round trip claims up to `worker.batch_max` due jobs, the pipeline
 (workers/pipeline.py) stores them in one Postgres transaction and writes one push job per node, and
 one MULTI finishes them. arq's own worker claims and finishes jobs one by one, about nine Redis round
@@ -22,11 +22,11 @@ import time
 
 from aiohttp import web
 
-from notify_server.eventqueue import ClaimedJob, Outcome, now_ms
-from notify_server.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, render
-from notify_server.settings import Settings
-from notify_server.stores import Fault, classify, reconnect_if_stale
-from notify_server.supervisor import Backoff, LoopHealth, Supervisor, report_failure, stopping
+from notify_server.core.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, render
+from notify_server.core.settings import Settings
+from notify_server.core.stores import Fault, classify, reconnect_if_stale
+from notify_server.core.supervisor import Backoff, LoopHealth, Supervisor, report_failure, stopping
+from notify_server.ingest.eventqueue import ClaimedJob, Outcome, now_ms
 from workers.context import WorkerContext
 from workers.pipeline import Attempt, StoreUnavailable, Verdict, process_events
 from workers.pruning import PRUNE_LOOP_NAME, PruneLoop

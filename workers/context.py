@@ -11,14 +11,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from notify_server.db import Database
-from notify_server.eventqueue import EventQueue, RetryPolicy
-from notify_server.metrics import WorkerMetrics
-from notify_server.notifications import NotificationRepository
-from notify_server.presence import Presence
-from notify_server.push import StreamPushTransport
-from notify_server.routing import PushRouter
-from notify_server.settings import Settings
+from notify_server.core.metrics import WorkerMetrics
+from notify_server.core.settings import Settings
+from notify_server.ingest.eventqueue import EventQueue, RetryPolicy
+from notify_server.storage.db import Database
+from notify_server.storage.notifications import NotificationRepository
+from notify_server.transport.presence import Presence
+from notify_server.transport.push import StreamPushTransport
+from notify_server.transport.routing import PushRouter
 
 CTX_KEY = "notify"  # arq's ctx[CTX_KEY] is the WorkerContext
 

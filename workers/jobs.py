@@ -1,7 +1,7 @@
 """The arq job `process_event(ctx, event)`, for a plain arq worker (`arq workers.settings.WorkerSettings`).
 
 It runs the same pipeline as `notify-server worker` (workers/pipeline.py) one event at a time, with the
-same retry policy (notify_server.eventqueue.RetryPolicy): a store fault raises arq's `Retry` with backoff
+same retry policy (notify_server.ingest.eventqueue.RetryPolicy): a store fault raises arq's `Retry` with backoff
 for as long as it lasts; another failure of the event is retried up to `worker.max_tries`, then fails.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from arq import Retry
 from arq.worker import JobExecutionFailed
 
-from notify_server.events import event_id_for_log
+from notify_server.ingest.events import event_id_for_log
 from workers.context import from_arq
 from workers.pipeline import Attempt, StoreUnavailable, Verdict, process_events
 

@@ -24,11 +24,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from notify_server.events import EventRejected, event_id_for_log, parse_event
-from notify_server.frames import notification_frames
-from notify_server.notifications import NewNotifications, Notification, StoredEvent, UnreadState
-from notify_server.push import PushItem
-from notify_server.stores import Fault, classify, describe
+from notify_server.core.stores import Fault, classify, describe
+from notify_server.ingest.events import EventRejected, event_id_for_log, parse_event
+from notify_server.storage.notifications import NewNotifications, Notification, StoredEvent, UnreadState
+from notify_server.transport.frames import notification_frames
+from notify_server.transport.push import PushItem
 from workers.context import WorkerContext
 
 logger = logging.getLogger("notify.worker")

@@ -1,6 +1,6 @@
 """The worker's retention prune: `notify-server prune` once, or every `retention.interval_s` in a worker.
 
-The SQL is notify_server.retention's; this wires it to the worker's database, its routing path (the
+The SQL is notify_server.storage.retention's; this wires it to the worker's database, its routing path (the
 lowered unread counts go to the users' open tabs) and its metrics, and keeps the schedule. A worker runs
 `PruneLoop.run` under its Supervisor beside the event consumer: a prune that fails (Postgres away, a
 bug) is logged and retried, and never ends the worker.
@@ -12,9 +12,9 @@ import asyncio
 import logging
 import time
 
-from notify_server.retention import Pruner, PruneResult
-from notify_server.stores import unavailable
-from notify_server.supervisor import LoopHealth, stopping
+from notify_server.core.stores import unavailable
+from notify_server.core.supervisor import LoopHealth, stopping
+from notify_server.storage.retention import Pruner, PruneResult
 from workers.context import WorkerContext
 
 logger = logging.getLogger("notify.worker.prune")

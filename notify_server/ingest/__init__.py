@@ -1,0 +1,1 @@
+"""Events on their way in: the job codec, arq's queue layout, event validation, the producer helpers."""

@@ -1,0 +1,259 @@
+"""The event queue: arq's key layout, spoken in one place — enqueue, claim, retry, finish, results.
+
+Producers, `Job.result()` and a plain arq worker (`arq workers.settings.WorkerSettings`) all keep working
+beside `notify-server worker`, because every key is arq's own:
+
+- `arq:job:<id>` holds the job (JSON or arq's pickle, notify_server.ingest.jobcodec), `<queue>` (a sorted set)
+  its due time in ms; the event id is the job id, so a duplicate is refused while either the job or its
+  result exists;
+- a worker claims a job with `SET arq:in-progress:<id> NX PX (job_timeout + 10 s)`, counts the try in
+  `arq:retry:<id>`, and either finishes it (result under `arq:result:<id>` for KEEP_RESULT_S; job, retry
+  and in-progress keys deleted; id taken off the queue) or reschedules it (score = now + backoff);
+- a worker killed mid-batch leaves in-progress keys that expire; the jobs are then claimed again.
+
+Enqueue, claim and finish are server-side scripts: one round trip per call (or per batch of events)
+instead of arq's WATCH/MULTI and its nine round trips per job. The retry policy lives here too (RetryPolicy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from redis.asyncio import Redis
+
+from notify_server.core.constants import JOB_PROCESS_EVENT
+from notify_server.ingest.jobcodec import JobFormat, UndecodableJob, decode, encode_job, encode_result, job_format
+
+DEFAULT_QUEUE = "notify:events"
+WAKE_SUFFIX = ":wake"
+KEEP_RESULT_S = 3600  # as arq: a duplicate event id is refused by enqueue for this long after processing
+RETRY_KEY_TTL_S = 88400  # as arq
+JOB_EXPIRES_MS = 86_400_000  # as arq's expires_extra_ms: a job not started within a day is dropped
+CLAIM_GRACE_S = 10  # as arq: an in-progress key outlives the job timeout by this much
+CLAIM_SCAN_PAGES = 4  # pages of due jobs looked at before concluding that other workers hold them all
+
+# KEYS: queue, wake list, then (job key, result key) per job. ARGV: now_ms, expires_ms, then (id, job)
+# per job. Returns 1 per job queued, 0 per duplicate (job or result still there).
+_ENQUEUE = """
+local queued = {}
+for i = 1, (#KEYS - 2) / 2 do
+  local job_key, result_key = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  if redis.call('EXISTS', job_key, result_key) > 0 then
+    queued[i] = 0
+  else
+    redis.call('SET', job_key, ARGV[2 + 2 * i], 'PX', ARGV[2])
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1 + 2 * i])
+    queued[i] = 1
+  end
+end
+redis.call('LPUSH', KEYS[2], 1)
+redis.call('LTRIM', KEYS[2], 0, 0)
+return queued
+"""
+
+# KEYS: queue. ARGV: now_ms, batch_max, scan_pages, in_progress_ms, retry_ttl_s, then the key prefixes
+# (in-progress, job, retry). Claims up to batch_max due jobs that no other worker holds and counts
+# their try; returns (id, try, job or false) triples. Ids whose job key is gone come back with false.
+_CLAIM = """
+local now, want, pages = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local claimed = {}
+local n = 0
+for page = 0, pages - 1 do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', page * want, want)
+  for _, id in ipairs(ids) do
+    if redis.call('SET', ARGV[6] .. id, '1', 'NX', 'PX', ARGV[4]) then
+      local try = redis.call('INCR', ARGV[8] .. id)
+      redis.call('EXPIRE', ARGV[8] .. id, ARGV[5])
+      claimed[#claimed + 1] = id
+      claimed[#claimed + 1] = try
+      claimed[#claimed + 1] = redis.call('GET', ARGV[7] .. id)
+      n = n + 1
+    end
+  end
+  if n > 0 or #ids < want then break end
+end
+return claimed
+"""
+
+
+# KEYS: queue. ARGV: keep_result_ms, then the key prefixes (result, job, retry, in-progress), then
+# (id, result) per job. Stores each result and takes its job off the queue, atomically as a MULTI would.
+_FINISH = """
+for i = 6, #ARGV, 2 do
+  local id = ARGV[i]
+  redis.call('SET', ARGV[2] .. id, ARGV[i + 1], 'PX', ARGV[1])
+  redis.call('DEL', ARGV[3] .. id, ARGV[4] .. id, ARGV[5] .. id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #ARGV
+"""
+
+
+def wake_key(queue_name: str) -> str:
+    """A list an idle worker blocks on (BLPOP), so it takes a new event at once instead of at its next
+    poll; producers that skip it are still served within `worker.poll_delay_s`."""
+    return queue_name + WAKE_SUFFIX
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------- retries
+
+
+class RetryPolicy:
+    """When a job runs again. A store fault never uses the job up: it waits (with backoff) until the
+    store is back. Any other failure of one event is tried `max_tries` times, then given up (logged,
+    result written) so that a poison event cannot circle for ever."""
+
+    def __init__(self, max_tries: int, backoff_max_s: float) -> None:
+        self.max_tries = max_tries
+        self.backoff_max_s = backoff_max_s
+
+    def delay_s(self, job_try: int) -> float:
+        """Exponential backoff with full jitter: up to 0.5 s, 1 s, 2 s, … capped at backoff_max_s."""
+        return random.uniform(0, min(self.backoff_max_s, 0.5 * 2 ** min(job_try - 1, 30)))
+
+    def gives_up(self, job_try: int, *, store_fault: bool) -> bool:
+        return not store_fault and job_try >= self.max_tries
+
+
+# ---------------------------------------------------------------- jobs in hand
+
+
+@dataclasses.dataclass(slots=True)
+class ClaimedJob:
+    """A job this worker holds. `failure` is set when it cannot run at all (its result says why)."""
+
+    job_id: str
+    job_try: int
+    fmt: JobFormat = JobFormat.JSON
+    enqueue_time_ms: int = 0
+    args: tuple[Any, ...] = ()
+    failure: str | None = None
+
+    @property
+    def event(self) -> Any:
+        return self.args[0]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a job ended: a result for `Job.result()`; success False writes a failed result."""
+
+    job: ClaimedJob
+    success: bool
+    result: Any
+
+
+def read_job(job_id: str, job_try: int, payload: bytes | None) -> ClaimedJob:
+    """Decode a claimed job and check that it is a `process_event(event)` job."""
+    job = ClaimedJob(job_id, job_try)
+    if payload is None:
+        job.failure = "job expired"
+        return job
+    job.fmt = job_format(payload)  # a job refused below still gets its result in the format its producer reads
+    try:
+        job.fmt, data = decode(payload)
+        function, args, kwargs = data["f"], data["a"], data.get("k") or {}
+        job.enqueue_time_ms = int(data.get("et") or 0)
+        enqueue_try = data.get("t")
+    except (UndecodableJob, KeyError, TypeError, ValueError) as exc:
+        job.failure = str(exc) if isinstance(exc, UndecodableJob) else f"job is not an arq job: {type(exc).__name__}"
+        return job
+    if isinstance(enqueue_try, int) and enqueue_try > job.job_try:
+        job.job_try = enqueue_try
+    if function != JOB_PROCESS_EVENT:
+        job.failure = f"function {function!r} not found"
+    elif not isinstance(args, (list, tuple)) or len(args) != 1 or kwargs:
+        job.failure = "process_event takes exactly one positional argument, the event"
+    else:
+        job.args = tuple(args)
+    return job
+
+
+class EventQueue:
+    """One arq queue of `process_event` jobs, over any redis.asyncio client."""
+
+    def __init__(self, redis: Redis, queue_name: str = DEFAULT_QUEUE, *, job_timeout_s: float = 60.0) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.wake_key = wake_key(queue_name)
+        self.claim_ms = int((job_timeout_s + CLAIM_GRACE_S) * 1000)
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._claim = redis.register_script(_CLAIM)
+        self._finish = redis.register_script(_FINISH)
+
+    # ---------------------------------------------------------------- producer side
+
+    async def enqueue(self, jobs: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """Queue (job id, encoded job) pairs and wake an idle worker, in one round trip. One bool per
+        job: False when that id is still queued or its result is still kept (a duplicate)."""
+        if not jobs:
+            return []
+        keys = [self.queue_name, self.wake_key]
+        argv: list[Any] = [now_ms(), JOB_EXPIRES_MS]
+        for job_id, payload in jobs:
+            keys += [job_key_prefix + job_id, result_key_prefix + job_id]
+            argv += [job_id, payload]
+        replies = await self._enqueue(keys=keys, args=argv)
+        return [bool(int(reply)) for reply in replies]
+
+    @staticmethod
+    def encode_event(event: dict[str, Any]) -> bytes:
+        return encode_job({"t": None, "f": JOB_PROCESS_EVENT, "a": [event], "k": {}, "et": now_ms()})
+
+    # ---------------------------------------------------------------- worker side
+
+    async def claim(self, batch_max: int) -> list[ClaimedJob]:
+        """Claim up to batch_max due jobs that no other worker holds (one round trip), decoded."""
+        replies = await self._claim(
+            keys=[self.queue_name],
+            args=[now_ms(), batch_max, CLAIM_SCAN_PAGES, self.claim_ms, RETRY_KEY_TTL_S,
+                  in_progress_key_prefix, job_key_prefix, retry_key_prefix],
+        )
+        return [
+            read_job(replies[i].decode(), int(replies[i + 1]), replies[i + 2] or None)
+            for i in range(0, len(replies), 3)
+        ]
+
+    async def depth(self) -> int:
+        return int(await self.redis.zcard(self.queue_name))
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        """Block until a producer's wake-up or timeout_s (BLPOP on the wake list)."""
+        await self.redis.blpop([self.wake_key], timeout=timeout_s)  # type: ignore[misc, arg-type]  # redis-py takes a float
+
+    async def retry(self, jobs: Sequence[tuple[ClaimedJob, float]]) -> None:
+        """Reschedule (job, delay in seconds) pairs and release their claims; their tries are counted."""
+        if not jobs:
+            return
+        now = now_ms()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for job, delay_s in jobs:
+                pipe.zadd(self.queue_name, {job.job_id: now + int(delay_s * 1000)}, xx=True)
+                pipe.delete(in_progress_key_prefix + job.job_id)
+            await pipe.execute()
+
+    async def finish(self, outcomes: Sequence[Outcome], started_ms: int) -> None:
+        """Write each job's result (in its own format) and take it off the queue: one script, atomic."""
+        if not outcomes:
+            return
+        finished_ms = now_ms()
+        argv: list[Any] = [KEEP_RESULT_S * 1000, result_key_prefix, job_key_prefix, retry_key_prefix,
+                           in_progress_key_prefix]
+        for outcome in outcomes:
+            job = outcome.job
+            record = {
+                "t": job.job_try, "f": JOB_PROCESS_EVENT, "a": job.args, "k": {}, "et": job.enqueue_time_ms,
+                "s": outcome.success, "r": outcome.result, "st": started_ms, "ft": finished_ms,
+                "q": self.queue_name, "id": job.job_id,
+            }
+            argv += [job.job_id, encode_result(job.fmt, record)]
+        await self._finish(keys=[self.queue_name], args=argv)

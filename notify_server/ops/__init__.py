@@ -1,0 +1,1 @@
+"""Running it: the command line, `dev` and its embedded services."""

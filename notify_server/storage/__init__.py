@@ -1,0 +1,1 @@
+"""Postgres: the pool, the notification and session repositories, migrations, retention."""

@@ -1,0 +1,222 @@
+"""REST API (SPEC §8): list notifications, unread count, mark read; health, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg2.errors
+from aiohttp import web
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from notify_server.auth.authenticator import REST, AuthUnavailable, rest_credentials
+from notify_server.auth.origins import origin_allowed
+from notify_server.core.identity import Identity
+from notify_server.core.metrics import CONTENT_TYPE_LATEST, render
+from notify_server.core.schemas import NotificationItemSchema, first_error
+from notify_server.core.stores import describe, unavailable
+from notify_server.storage.migrations import APPLIED_QUERY, missing_from
+from notify_server.storage.notifications import UnknownCursor, UnreadState
+from notify_server.web import appkeys
+
+logger = logging.getLogger("notify.api")
+
+_ITEM_SCHEMA = NotificationItemSchema()
+READY_TIMEOUT_S = 2.0
+
+
+class ListQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # cache-busters and the like are not errors
+
+    unread_only = fields.Boolean(load_default=False)
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1))
+    before = fields.UUID(load_default=None)
+
+
+_LIST_QUERY = ListQuerySchema()
+
+
+def json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+_STATUS_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type", 500: "internal_error",
+    503: "unavailable",
+}
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Every error under /api/ and /dev/ is `{"error": {"code", "message"}}`; no 5xx page escapes.
+
+    A plain function handing back the handler's own coroutine elsewhere: a WebSocket's handler runs for
+    the socket's life, and a middleware frame around it cost ~350 bytes of every idle socket."""
+    if not request.path.startswith(("/api/", "/dev/")):
+        return handler(request)
+    return _json_errors(request, handler)
+
+
+json_errors.__middleware_version__ = 1  # type: ignore[attr-defined]  # what @web.middleware marks
+
+
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, _STATUS_CODES.get(exc.status, "error"), exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if unavailable(exc):
+            logger.warning("%s %s: store unreachable (%s)", request.method, request.path, describe(exc))
+            return json_error(503, "unavailable", "storage is unreachable; try again shortly")
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "internal_error", "internal error")
+
+
+_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+async def authenticate(request: web.Request) -> Identity:
+    """The caller, by the methods of `auth.methods` (notify_server.auth.authenticator); 401 when none accepts, 503 when
+    none could tell. An API key (X-API-Key) is no user credential: it authenticates nobody here."""
+    authenticator = request.app[appkeys.AUTH]
+    credentials = rest_credentials(request, authenticator.cookie_names)
+    if credentials.from_cookie and request.method not in _SAFE_METHODS:
+        # Cross-site request forgery: a foreign page's POST carries the user's cookies too (the session_id
+        # cookie, or whatever cookie the proxy method forwards).
+        allowed = request.app[appkeys.SETTINGS].websocket.allowed_origins
+        if not origin_allowed(request.headers.get("Origin"), allowed):
+            raise web.HTTPForbidden(reason="origin not allowed for a cookie-authenticated change")
+    try:
+        identity = await authenticator.authenticate(credentials, REST)
+    except AuthUnavailable:
+        raise web.HTTPServiceUnavailable(reason="temporarily unavailable; try again shortly") from None
+    if identity is None:
+        request.app[appkeys.METRICS].auth_failures.labels("rest").inc()
+        raise web.HTTPUnauthorized(reason="a valid session is required (cookie session_id or Bearer token)")
+    return identity
+
+
+def _refuse_body(request: web.Request) -> None:
+    limit = request.app[appkeys.SETTINGS].limits.request_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+
+
+async def list_notifications(request: web.Request) -> web.Response:
+    session = await authenticate(request)
+    query = {key: value for key, value in request.query.items() if value != ""}
+    try:
+        params = _LIST_QUERY.load(query)
+    except ValidationError as exc:
+        return json_error(400, "bad_request", first_error(exc.messages))
+    list_max = request.app[appkeys.SETTINGS].limits.list_max
+    if params["limit"] > list_max:
+        return json_error(400, "bad_request", f"limit: at most {list_max}")
+    try:
+        page = await request.app[appkeys.NOTIFICATIONS].list_for_user(
+            session.user_id,
+            limit=params["limit"],
+            unread_only=params["unread_only"],
+            before=str(params["before"]) if params["before"] else None,
+        )
+    except UnknownCursor:
+        return json_error(400, "bad_request", "before: not a notification id from a previous page")
+    return web.json_response({"items": _ITEM_SCHEMA.dump(page.items, many=True), "next_before": page.next_before})
+
+
+async def unread_count(request: web.Request) -> web.Response:
+    session = await authenticate(request)
+    return web.json_response({"count": await request.app[appkeys.NOTIFICATIONS].count_unread(session.user_id)})
+
+
+async def mark_read(request: web.Request) -> web.Response:
+    _refuse_body(request)
+    session = await authenticate(request)
+    result = await request.app[appkeys.NOTIFICATIONS].read_one(session.user_id, request.match_info["notification_id"])
+    if result is None:
+        # Same answer whether it does not exist or belongs to someone else.
+        return json_error(404, "not_found", "no such notification")
+    if result.unread is not None:
+        await _announce_unread(request, session.user_id, result.unread)
+    return web.json_response(_ITEM_SCHEMA.dump(result.notification))
+
+
+async def mark_all_read(request: web.Request) -> web.Response:
+    _refuse_body(request)
+    session = await authenticate(request)
+    updated, unread = await request.app[appkeys.NOTIFICATIONS].read_all(session.user_id)
+    if unread is not None:
+        await _announce_unread(request, session.user_id, unread)
+    return web.json_response({"updated": updated})
+
+
+async def _announce_unread(request: web.Request, user_id: str, unread: UnreadState) -> None:
+    """Every tab of the user, on every node, gets the new count. The change is stored whatever happens
+    here, so a Redis fault costs only the live update."""
+    try:
+        await request.app[appkeys.ROUTER].push_unread_counts({user_id: unread})
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        logger.warning("unread count not pushed (%s)", describe(exc))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "node_id": request.app[appkeys.NODE_ID]})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when Postgres (migrated) and Redis answer and every background loop is up; else 503 naming
+    what is not."""
+    app = request.app
+    checks: dict[str, Any] = {}
+
+    async def postgres() -> str:
+        async with app[appkeys.DB].connection() as conn, conn.cursor() as cur:
+            try:
+                await cur.execute(APPLIED_QUERY)
+                applied = [row[0] for row in await cur.fetchall()]
+            except psycopg2.errors.UndefinedTable:
+                applied = []
+        missing = missing_from(applied)
+        return f"not migrated (missing {', '.join(missing)})" if missing else "ok"
+
+    async def redis() -> str:
+        await app[appkeys.REDIS].ping()
+        return "ok"
+
+    for name, check in (("postgres", postgres), ("redis", redis)):
+        try:
+            checks[name] = await asyncio.wait_for(check(), READY_TIMEOUT_S)
+        except Exception as exc:
+            checks[name] = f"unavailable ({describe(exc)})"
+    down = app[appkeys.SUPERVISOR].down()
+    checks["loops"] = {name: f"down ({error})" for name, error in down.items()} if down else "ok"
+    ready = all(value == "ok" for value in checks.values())
+    return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = render(request.app[appkeys.METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/notifications", list_notifications)
+    app.router.add_get("/api/notifications/unread-count", unread_count)
+    app.router.add_post("/api/notifications/read-all", mark_all_read)
+    app.router.add_post("/api/notifications/{notification_id}/read", mark_read)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

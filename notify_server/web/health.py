@@ -1,0 +1,56 @@
+"""What `notify-server check` verifies: Postgres reachable and fully migrated, Redis reachable and keeping
+enqueued events on disk (warned, not refused: the events not yet processed live only in Redis)."""
+
+from __future__ import annotations
+
+import aiopg
+import psycopg2
+import psycopg2.errors
+import redis.exceptions
+from redis.asyncio import Redis
+
+from notify_server.storage.migrations import APPLIED_QUERY, missing_from
+
+CHECK_TIMEOUT_S = 5.0
+
+
+async def check_postgres(url: str) -> str | None:
+    """None when Postgres answers and every migration of this version is applied; else one line."""
+    try:
+        async with aiopg.connect(url, timeout=CHECK_TIMEOUT_S) as conn, conn.cursor() as cur:
+            try:
+                await cur.execute(APPLIED_QUERY)
+                applied = [row[0] for row in await cur.fetchall()]
+            except psycopg2.errors.UndefinedTable:
+                applied = []
+    except (TimeoutError, psycopg2.Error, OSError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"cannot reach Postgres: {detail}"
+    missing = missing_from(applied)
+    if missing:
+        return f"Postgres is reachable but not migrated (missing {', '.join(missing)}): run `notify-server migrate`"
+    return None
+
+
+async def check_redis(url: str) -> tuple[str | None, list[str]]:
+    """(problem or None, warnings). Warns when Redis keeps nothing on disk (neither AOF nor RDB)."""
+    client = Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S)
+    try:
+        await client.ping()
+        info = await client.info("persistence")
+        try:
+            save = (await client.config_get("save")).get("save", "")
+        except redis.exceptions.ResponseError:  # CONFIG is often disabled on managed Redis
+            save = None
+    except (redis.exceptions.RedisError, OSError) as exc:
+        return f"cannot reach Redis: {exc}", []
+    finally:
+        await client.aclose()
+    warnings = []
+    if not int(info.get("aof_enabled", 0)) and save == "":
+        warnings.append(
+            "Redis keeps nothing on disk (appendonly no, no save points): events enqueued and not yet processed "
+            "are lost if Redis restarts; set `appendonly yes` (with `appendfsync everysec`, at most about a second "
+            "of events is lost on a crash)"
+        )
+    return None, warnings

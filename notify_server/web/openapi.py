@@ -1,0 +1,307 @@
+"""`GET /api/openapi.json`: the OpenAPI 3.1 document of every REST route (user API, publish API, health).
+
+Written here by hand and held to the code by tests/test_openapi.py: the document is validated, every
+route of the app is in it (and nothing else), and real responses of the test suite — each documented
+status of each operation — are checked against its schemas. Limits come from the node's settings, so
+the document states the values this node enforces.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from notify_server.core.constants import PRIORITIES
+from notify_server.core.schemas import MAX_EVENT_ID_CHARS, MAX_RECIPIENTS, MAX_USER_ID_CHARS
+from notify_server.core.settings import Settings
+from notify_server.web import appkeys
+from notify_server.web.publish import API_KEY_HEADER, BATCH_MAX_EVENTS
+
+OPENAPI_PATH = "/api/openapi.json"
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> Schema:
+    return _json(_ref("Error"), description)
+
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+
+# The eight keys of a notification frame's data (SPEC §7), shared by the frame and the REST item.
+_NOTIFICATION_PROPERTIES: Schema = {
+    "notification_id": {"type": "string", "format": "uuid"},
+    "title": {"type": "string"},
+    "body": {"type": "string"},
+    "priority": {"type": "string", "enum": list(PRIORITIES)},
+    "action_url": _NULLABLE_STRING,
+    "event_type": {"type": "string"},
+    "metadata": {"type": "object"},
+    "created_at": {"type": "string", "format": "date-time", "description": "UTC, milliseconds, ending in Z"},
+}
+
+
+def _schemas(settings: Settings) -> dict[str, Schema]:
+    item_properties = {**_NOTIFICATION_PROPERTIES, "read_at": {"type": ["string", "null"], "format": "date-time"}}
+    error_body: Schema = {
+        "type": "object",
+        "required": ["code", "message"],
+        "additionalProperties": False,
+        "properties": {
+            "code": {"type": "string", "description": "machine-readable: unauthorized, not_found, invalid_event, …"},
+            "message": {"type": "string", "description": "for people; names the field at fault"},
+        },
+    }
+    return {
+        "ErrorBody": error_body,
+        "Error": {
+            "type": "object", "required": ["error"], "additionalProperties": False,
+            "properties": {"error": _ref("ErrorBody")},
+        },
+        "Notification": {
+            "type": "object", "required": list(_NOTIFICATION_PROPERTIES), "additionalProperties": False,
+            "properties": _NOTIFICATION_PROPERTIES,
+            "description": "`data` of a WebSocket `notification` frame",
+        },
+        "NotificationItem": {
+            "type": "object", "required": list(item_properties), "additionalProperties": False,
+            "properties": item_properties,
+        },
+        "NotificationPage": {
+            "type": "object", "required": ["items", "next_before"], "additionalProperties": False,
+            "properties": {
+                "items": {"type": "array", "items": _ref("NotificationItem"), "maxItems": settings.limits.list_max},
+                "next_before": {"type": ["string", "null"], "format": "uuid",
+                                "description": "pass as `before` for the next page; null on the last"},
+            },
+        },
+        "UnreadCount": {
+            "type": "object", "required": ["count"], "additionalProperties": False,
+            "properties": {"count": {"type": "integer", "minimum": 0}},
+        },
+        "ReadAllResult": {
+            "type": "object", "required": ["updated"], "additionalProperties": False,
+            "properties": {"updated": {"type": "integer", "minimum": 0}},
+        },
+        "Recipient": {
+            "type": "object", "required": ["user_id"], "additionalProperties": False,
+            "properties": {
+                "user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_CHARS},
+                "email": {"type": ["string", "null"], "format": "email", "description": "stored, never pushed"},
+            },
+        },
+        "Event": {
+            "type": "object",
+            "required": ["event_id", "event_type", "recipients"],
+            "additionalProperties": False,
+            "properties": {
+                "event_id": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_ID_CHARS,
+                             "description": "idempotency key: the same id is never stored twice per recipient"},
+                "event_type": {"type": "string", "minLength": 1, "maxLength": 200,
+                               "description": "must have a template in the config"},
+                "recipients": {"type": "array", "items": _ref("Recipient"), "minItems": 1,
+                               "maxItems": MAX_RECIPIENTS},
+                "data": {"type": "object", "description": "the template's variables (≤ 16 KB of JSON)"},
+                "priority": {"type": ["string", "null"], "enum": [*PRIORITIES, None],
+                             "description": "overrides the template's"},
+                "action_url": {"type": ["string", "null"], "maxLength": 2000,
+                               "description": "overrides the template's"},
+                "metadata": {"type": "object", "description": "≤ 4 KB of JSON, delivered as-is"},
+            },
+        },
+        "EventBatch": {
+            "type": "object", "required": ["events"], "additionalProperties": False,
+            "properties": {"events": {"type": "array", "items": _ref("Event"), "minItems": 1,
+                                      "maxItems": BATCH_MAX_EVENTS}},
+        },
+        "PublishResult": {
+            "type": "object", "required": ["event_id", "status"], "additionalProperties": False,
+            "properties": {
+                "event_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["queued", "duplicate"],
+                           "description": "duplicate: this event id is queued or was processed within the hour"},
+            },
+        },
+        "EventResult": {
+            "type": "object", "required": ["event_id", "status"], "additionalProperties": False,
+            "properties": {
+                "event_id": {"type": ["string", "null"], "description": "null when the event has no usable id"},
+                "status": {"type": "string", "enum": ["queued", "duplicate", "rejected"]},
+                "error": _ref("ErrorBody"),
+            },
+        },
+        "BatchResult": {
+            "type": "object", "required": ["results"], "additionalProperties": False,
+            "properties": {"results": {"type": "array", "items": _ref("EventResult"),
+                                       "description": "one per event, in the order sent"}},
+        },
+        "Health": {
+            "type": "object", "required": ["status", "node_id"], "additionalProperties": False,
+            "properties": {"status": {"const": "ok"}, "node_id": {"type": "string"}},
+        },
+        "Readiness": {
+            "type": "object", "required": ["ready", "postgres", "redis", "loops"], "additionalProperties": False,
+            "properties": {
+                "ready": {"type": "boolean"},
+                "postgres": {"type": "string", "description": "ok, not migrated (missing …), unavailable (…)"},
+                "redis": {"type": "string"},
+                "loops": {"oneOf": [{"const": "ok"},
+                                    {"type": "object", "additionalProperties": {"type": "string"},
+                                     "description": "loop name: down (error)"}]},
+            },
+        },
+    }
+
+
+_USER: list[dict[str, list[str]]] = [{"sessionCookie": []}, {"bearer": []}]
+_PUBLISHER: list[dict[str, list[str]]] = [{"apiKey": []}]
+_UNAUTHORIZED = _error("no valid credential (which part failed is never said)")
+_UNAVAILABLE = _error("Postgres, Redis or the auth proxy endpoint cannot answer now; retry with backoff")
+_FORGED = _error("a cookie-authenticated change from an Origin not in websocket.allowed_origins (CSRF)")
+
+
+def _paths(settings: Settings) -> dict[str, Schema]:
+    too_large = _error(f"a body over {settings.limits.request_max_bytes} bytes (limits.request_max_bytes)")
+    publish_too_large = _error(f"a body over {settings.publish.max_body_bytes} bytes (publish.max_body_bytes)")
+    return {
+        "/api/notifications": {"get": {
+            "operationId": "listNotifications", "tags": ["notifications"], "security": _USER,
+            "summary": "The caller's notifications, newest first, a page at a time",
+            "parameters": [
+                {"name": "unread_only", "in": "query", "schema": {"type": "boolean", "default": False}},
+                {"name": "limit", "in": "query",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": settings.limits.list_max, "default": 20}},
+                {"name": "before", "in": "query", "schema": {"type": "string", "format": "uuid"},
+                 "description": "the next_before of the previous page"},
+            ],
+            "responses": {
+                "200": _json(_ref("NotificationPage"), "a page"),
+                "400": _error("a bad query parameter (named)"),
+                "401": _UNAUTHORIZED, "503": _UNAVAILABLE,
+            },
+        }},
+        "/api/notifications/unread-count": {"get": {
+            "operationId": "unreadCount", "tags": ["notifications"], "security": _USER,
+            "summary": "How many of the caller's notifications are unread",
+            "responses": {"200": _json(_ref("UnreadCount"), "the count"), "401": _UNAUTHORIZED,
+                          "503": _UNAVAILABLE},
+        }},
+        "/api/notifications/{notification_id}/read": {"post": {
+            "operationId": "markRead", "tags": ["notifications"], "security": _USER,
+            "summary": "Mark one notification read (idempotent); every tab of the user gets the new count",
+            "parameters": [{"name": "notification_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": _json(_ref("NotificationItem"), "the item; read_at keeps its first value"),
+                "401": _UNAUTHORIZED, "403": _FORGED,
+                "404": _error("not one of the caller's notifications (whether or not it exists)"),
+                "413": too_large, "503": _UNAVAILABLE,
+            },
+        }},
+        "/api/notifications/read-all": {"post": {
+            "operationId": "markAllRead", "tags": ["notifications"], "security": _USER,
+            "summary": "Mark every notification of the caller read",
+            "responses": {"200": _json(_ref("ReadAllResult"), "how many changed"), "401": _UNAUTHORIZED,
+                          "403": _FORGED, "413": too_large, "503": _UNAVAILABLE},
+        }},
+        "/api/events": {"post": {
+            "operationId": "publishEvent", "tags": ["publish"], "security": _PUBLISHER,
+            "summary": "Enqueue one event (server to server)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Event")}}},
+            "responses": {
+                "202": _json(_ref("PublishResult"), "queued, or a duplicate of an event already accepted"),
+                "400": _error("the body is not JSON, or the event is invalid (the message names the field)"),
+                "401": _error(f"no valid {API_KEY_HEADER}"), "413": publish_too_large, "503": _UNAVAILABLE,
+            },
+        }},
+        "/api/events/batch": {"post": {
+            "operationId": "publishEvents", "tags": ["publish"], "security": _PUBLISHER,
+            "summary": f"Enqueue 1 to {BATCH_MAX_EVENTS} events in one call; an invalid one does not stop the others",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("EventBatch")}}},
+            "responses": {
+                "202": _json(_ref("BatchResult"), "one result per event, in order"),
+                "400": _error("the body is not JSON, or `events` is missing, empty or too long"),
+                "401": _error(f"no valid {API_KEY_HEADER}"), "413": publish_too_large, "503": _UNAVAILABLE,
+            },
+        }},
+        OPENAPI_PATH: {"get": {
+            "operationId": "openapi", "tags": ["meta"], "security": [],
+            "summary": "This document",
+            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+        }},
+        "/healthz": {"get": {
+            "operationId": "health", "tags": ["meta"], "security": [],
+            "summary": "200 while the process runs",
+            "responses": {"200": _json(_ref("Health"), "alive")},
+        }},
+        "/readyz": {"get": {
+            "operationId": "ready", "tags": ["meta"], "security": [],
+            "summary": "Whether Postgres (migrated), Redis and every background loop of the node are up",
+            "responses": {"200": _json(_ref("Readiness"), "ready"),
+                          "503": _json(_ref("Readiness"), "not ready: says what is not")},
+        }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "tags": ["meta"], "security": [],
+            "summary": "Prometheus metrics of this node",
+            "responses": {"200": {"description": "Prometheus text exposition",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }},
+    }
+
+
+def _version() -> str:
+    try:
+        return metadata.version("notify-server")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+DESCRIPTION = """Real-time notifications: the REST API of one notify-server node.
+
+Users authenticate with the methods of `auth.methods` (session table, JWT, or the app's connect proxy),
+by the `session_id` cookie or `Authorization: Bearer`. Producers publish with `X-API-Key`.
+The streaming transports — the WebSocket `/ws/notifications` (frames, close codes, the `refresh` frame)
+and the event stream `/sse/notifications` — are described in the README."""
+
+
+def build_document(settings: Settings) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "notify-server", "version": _version(), "description": DESCRIPTION},
+        "tags": [
+            {"name": "notifications", "description": "the signed-in user's notifications"},
+            {"name": "publish", "description": "server to server: enqueue events"},
+            {"name": "meta", "description": "health, readiness, metrics, this document"},
+        ],
+        "paths": _paths(settings),
+        "components": {
+            "schemas": _schemas(settings),
+            "securitySchemes": {
+                "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "session_id",
+                                  "description": "a session token or JWT in the cookie (POSTs: Origin checked)"},
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "a session token or JWT, per auth.methods"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER,
+                           "description": "from `notify-server apikey create`; its SHA-256 in publish.api_key_hashes"},
+            },
+        },
+    }
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[appkeys.OPENAPI], content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    app[appkeys.OPENAPI] = orjson.dumps(build_document(app[appkeys.SETTINGS]))
+    app.router.add_get(OPENAPI_PATH, openapi_document)
