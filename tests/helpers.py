@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from notify_server.core.settings import Settings
+from notify_server.storage.inbox import InboxFilter
 from notify_server.storage.notifications import NewNotifications, Notification, NotificationRepository, StoredEvent
 from workers.consumer import EventConsumer
 from workers.context import CTX_KEY, WorkerContext
@@ -49,9 +50,9 @@ async def insert(repository: NotificationRepository, new: NewNotifications) -> l
 
 
 async def mark_read(repository: NotificationRepository, user_id: str, notification_id: str) -> Notification | None:
-    result = await repository.read_one(user_id, notification_id)
-    return result.notification if result else None
+    await repository.change(user_id, "read", ids=[notification_id])
+    return await repository.get(user_id, notification_id)
 
 
 async def mark_all_read(repository: NotificationRepository, user_id: str) -> int:
-    return (await repository.read_all(user_id))[0]
+    return len((await repository.change(user_id, "read", inbox=InboxFilter())).notification_ids)

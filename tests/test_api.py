@@ -16,6 +16,7 @@ from tests.helpers import insert
 
 ITEM_KEYS = {
     "notification_id", "title", "body", "priority", "action_url", "event_type", "metadata", "created_at", "read_at",
+    "seen_at", "archived_at",
 }
 
 

@@ -149,13 +149,15 @@ async def test_unread_count_after_mark_read_and_read_all_reaches_every_node(
     response = await node1.post(f"/api/notifications/{listed['items'][0]['notification_id']}/read", headers=auth)
     assert response.status == 200
 
-    for ws in (on_1, on_2):
+    for ws in (on_1, on_2):  # what changed (issue 18), then the count
+        assert (await receive_frame(ws))["type"] == "notifications_updated"
         assert await receive_unread_count(ws) == 2
 
     response = await node2.post("/api/notifications/read-all", headers=auth)
     assert await response.json() == {"updated": 2}
 
     for ws in (on_1, on_2):
+        assert (await receive_frame(ws))["type"] == "notifications_updated"
         assert await receive_unread_count(ws) == 0
 
 

@@ -83,14 +83,17 @@ def stored_counts(database_url: str) -> tuple[int, int]:
 
 
 def counters_match_rows(database_url: str) -> list[tuple[str, int, int]]:
-    """Users whose unread counter differs from their unread rows (should be none)."""
+    """Users whose unread or unseen counter differs from their rows (should be none)."""
     conn = psycopg2.connect(database_url)
     try:
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT c.user_id, c.unread, count(n.*) FILTER (WHERE n.read_at IS NULL)"
+                "SELECT c.user_id, c.unread, count(n.*) FILTER (WHERE n.read_at IS NULL AND n.archived_at IS NULL)"
                 " FROM unread_counters c LEFT JOIN notifications n ON n.recipient_id = c.user_id"
-                " GROUP BY c.user_id, c.unread HAVING c.unread <> count(n.*) FILTER (WHERE n.read_at IS NULL)"
+                " GROUP BY c.user_id, c.unread, c.unseen"
+                " HAVING c.unread <> count(n.*) FILTER (WHERE n.read_at IS NULL AND n.archived_at IS NULL)"
+                " OR c.unseen <> count(n.*) FILTER (WHERE n.seen_at IS NULL AND n.read_at IS NULL"
+                " AND n.archived_at IS NULL)"
             )
             return [(u, int(a), int(b)) for u, a, b in cur.fetchall()]
     finally:

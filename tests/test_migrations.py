@@ -15,7 +15,7 @@ from notify_server.storage.migrations import apply_migrations
 
 EXPECTED_MIGRATIONS = [
     "0001_sessions", "0002_notifications", "0003_unread_counters", "0004_retention_indexes",
-    "0005_store_events_function", "0006_store_events_custom_plans",
+    "0005_store_events_function", "0006_store_events_custom_plans", "0007_inbox",
 ]
 
 
@@ -181,6 +181,7 @@ def test_notifications_are_indexed_by_recipient(database_url: str) -> None:
 
 
 def test_the_store_function_plans_each_call_afresh(database_url: str) -> None:
-    # A plan cached while the table was empty would scan all of it on every batch for ever (0006).
-    rows = query(database_url, "SELECT proconfig FROM pg_proc WHERE proname = 'notify_store_events'")
+    # A plan cached while the table was empty would scan all of it on every batch for ever (0006); the
+    # worker calls notify_store_events_v2 since 0007 (notify_store_events is a wrapper of it).
+    rows = query(database_url, "SELECT proconfig FROM pg_proc WHERE proname = 'notify_store_events_v2'")
     assert rows == [(["plan_cache_mode=force_custom_plan"],)], rows

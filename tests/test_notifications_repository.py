@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from notify_server.storage.inbox import InboxFilter
 from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient, UnknownCursor
 from tests.helpers import insert, mark_all_read, mark_read, store_one
 
@@ -154,7 +155,7 @@ async def test_unread_only_skips_read_items(repository: NotificationRepository) 
     await mark_read(repository, "u1", ids[3])
     await mark_read(repository, "u1", ids[1])
 
-    page = await repository.list_for_user("u1", limit=10, unread_only=True)
+    page = await repository.list_for_user("u1", limit=10, inbox=InboxFilter(read=False))
 
     assert [n.notification_id for n in page.items] == [ids[2], ids[0]]
 
@@ -163,8 +164,8 @@ async def test_unread_only_pages_with_a_cursor(repository: NotificationRepositor
     ids = await store(repository, "u1", 5)
     await mark_read(repository, "u1", ids[3])
 
-    first = await repository.list_for_user("u1", limit=2, unread_only=True)
-    second = await repository.list_for_user("u1", limit=2, unread_only=True, before=first.next_before)
+    first = await repository.list_for_user("u1", limit=2, inbox=InboxFilter(read=False))
+    second = await repository.list_for_user("u1", limit=2, inbox=InboxFilter(read=False), before=first.next_before)
 
     assert [n.notification_id for n in first.items] == [ids[4], ids[2]]
     assert [n.notification_id for n in second.items] == [ids[1], ids[0]]
@@ -310,9 +311,9 @@ async def test_the_same_event_stored_twice_at_once_counts_each_row_once(
 async def test_unread_versions_grow_with_every_change(repository: NotificationRepository) -> None:
     stored = await store_one(repository, new_event("v1", "u1"))
     after_insert = stored.unread["u1"]
-    read = await repository.read_one("u1", stored.notifications[0].notification_id)
-    assert read is not None and read.unread is not None
+    read = await repository.change("u1", "read", ids=[stored.notifications[0].notification_id])
+    assert read.unread is not None
     assert (after_insert.count, read.unread.count) == (1, 0)
     assert read.unread.version > after_insert.version
-    again = await repository.read_one("u1", stored.notifications[0].notification_id)
-    assert again is not None and again.unread is None  # nothing changed, no new version
+    again = await repository.change("u1", "read", ids=[stored.notifications[0].notification_id])
+    assert again.notification_ids == [] and again.unread is None  # nothing changed, no new version

@@ -42,7 +42,7 @@ async def test_a_socket_open_through_an_outage_gets_what_was_stored_meanwhile_on
         notification, count = alice.frames()
         assert notification["type"] == "notification"
         assert notification["data"]["notification_id"] == stored.notifications[0].notification_id
-        assert count == {"type": "unread_count", "data": {"count": 1, "version": 1}}
+        assert count == {"type": "unread_count", "data": {"count": 1, "unseen": 1, "version": 1}}
         assert bob.sent == []  # nothing of anyone else's, nothing when there was nothing
     finally:
         task.cancel()

@@ -22,6 +22,7 @@ import pytest
 from notify_server.core.settings import ConfigError, Settings, load_settings
 from notify_server.storage.db import Database
 from notify_server.storage.migrations import apply_migrations
+from notify_server.storage.inbox import InboxFilter
 from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient, UnknownCursor
 from notify_server.storage.retention import PRUNE_LOCK_KEY, Pruner, PruneResult
 from notify_server.storage.sessions import SessionStore
@@ -88,12 +89,15 @@ async def add_session(db_pool: Any, token_hash: str, *, expires_in_days: float, 
 
 
 async def recount(db_pool: Any, version: int = 5) -> None:
-    """Set every recipient's counter from its rows (as migration 0003 does), at this version."""
+    """Set every recipient's counters from its rows (as migrations 0003 and 0007 do), at this version."""
     await execute(
         db_pool,
-        "INSERT INTO unread_counters (user_id, unread, version)"
-        " SELECT recipient_id, count(*) FILTER (WHERE read_at IS NULL), %s FROM notifications GROUP BY recipient_id"
-        " ON CONFLICT (user_id) DO UPDATE SET unread = EXCLUDED.unread, version = EXCLUDED.version",
+        "INSERT INTO unread_counters (user_id, unread, unseen, version)"
+        " SELECT recipient_id, count(*) FILTER (WHERE read_at IS NULL AND archived_at IS NULL),"
+        " count(*) FILTER (WHERE seen_at IS NULL AND read_at IS NULL AND archived_at IS NULL), %s"
+        " FROM notifications GROUP BY recipient_id"
+        " ON CONFLICT (user_id) DO UPDATE SET unread = EXCLUDED.unread, unseen = EXCLUDED.unseen,"
+        " version = EXCLUDED.version",
         (version,),
     )
 
@@ -294,7 +298,7 @@ async def test_counts_stay_exact_while_events_are_stored_and_read_during_the_pru
         ))
 
     async def read_all(user: str) -> None:
-        await repository.read_all(user)
+        await repository.change(user, "read", inbox=InboxFilter())
 
     pruner = Pruner(db, with_retention(settings, batch_rows=7).retention)
     results = await asyncio.gather(
@@ -377,11 +381,11 @@ async def test_an_open_tab_sees_its_count_fall_when_unread_notifications_are_pru
     client = await start_node(aiohttp_client, settings)
     tab = await open_tab(client, (await sessions.create("alice", 3600)).token)
     first = await receive_frame(tab)
-    assert first == {"type": "unread_count", "data": {"count": 4, "version": 5}}
+    assert first == {"type": "unread_count", "data": {"count": 4, "unseen": 4, "version": 5}}
 
     await prune_once(worker_context)
 
-    assert await receive_frame(tab) == {"type": "unread_count", "data": {"count": 1, "version": 6}}
+    assert await receive_frame(tab) == {"type": "unread_count", "data": {"count": 1, "unseen": 1, "version": 6}}
     await tab.close()
 
 
@@ -491,12 +495,12 @@ async def test_prune_command_dry_run_then_prune(python: str, cli_env: dict[str, 
 
     dry = await asyncio.to_thread(run_prune, python, cli_env, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout == "would delete read=1 unread=1 sessions=2\n"
+    assert dry.stdout == "would delete read=1 unread=1 archived=0 sessions=2\n"
     assert len(await remaining_ids(db_pool)) == 4
 
     done = await asyncio.to_thread(run_prune, python, cli_env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "deleted read=1 unread=1 sessions=2\n"
+    assert done.stdout == "deleted read=1 unread=1 archived=0 sessions=2\n"
     assert await remaining_ids(db_pool) == {seeded.read_recent_of_an_old, seeded.unread_recent}
     assert await counters(db_pool) == {"alice": (1, 6)}
 

@@ -81,7 +81,7 @@ async def test_the_stream_starts_with_the_count_then_carries_notifications_with_
 ) -> None:
     client = await start_node(aiohttp_client, settings)
     stream = await open_stream(client, alice)
-    assert (await stream.next()) == ("unread_count", None, {"count": 0, "version": 0})
+    assert (await stream.next()) == ("unread_count", None, {"count": 0, "unseen": 0, "version": 0})
 
     await emit(redis_client, settings, claim_rejected("evt-1", "alice"))
 

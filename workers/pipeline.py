@@ -241,7 +241,8 @@ async def push_stored(
         frames = notification_frames([n for n, _ in mine])
         return [
             PushItem(n.recipient_id, frames[n.notification_id], n.notification_id,
-                     unread.count if unread else None, unread.version if unread else None)
+                     unread.count if unread else None, unread.version if unread else None,
+                     unread.unseen if unread else None)
             for n, unread in mine
         ]
 

@@ -38,7 +38,8 @@ async def prune_once(context: WorkerContext, *, dry_run: bool = False) -> PruneR
     result = await pruner.prune()
     if result is None:
         return None
-    for kind, rows in (("read", result.read), ("unread", result.unread), ("sessions", result.sessions)):
+    for kind, rows in (("read", result.read), ("unread", result.unread), ("archived", result.archived),
+                       ("sessions", result.sessions)):
         context.metrics.rows_pruned.labels(kind).inc(rows)
     duration_ms = (time.monotonic() - started) * 1000
     level = logging.INFO if result.total else logging.DEBUG

@@ -213,9 +213,11 @@ class NotificationPayloadSchema(Schema):
 
 
 class NotificationItemSchema(NotificationPayloadSchema):
-    """A REST list item: the frame's keys plus read_at."""
+    """A REST list item: the frame's keys plus its states, read_at, seen_at, archived_at (null until set)."""
 
     read_at = fields.Function(lambda n: iso_utc(n.read_at) if n.read_at else None)
+    seen_at = fields.Function(lambda n: iso_utc(n.seen_at) if n.seen_at else None)
+    archived_at = fields.Function(lambda n: iso_utc(n.archived_at) if n.archived_at else None)
 
 
 def first_error(messages: Any, path: str = "") -> str:

@@ -245,7 +245,7 @@ def cmd_apikey(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
-    """Prints `deleted read=N unread=N sessions=N` (`would delete …` with --dry-run) on stdout."""
+    """Prints `deleted read=N unread=N archived=N sessions=N` (`would delete …` with --dry-run) on stdout."""
     settings.require_services()
 
     async def prune() -> Any:

@@ -12,10 +12,11 @@ import orjson
 
 from notify_server.core.batching import BatchLoader
 from notify_server.storage.db import Database
+from notify_server.storage.inbox import ACTIONS, SEEN_AT, Counts, InboxFilter, action_sql, counts_sql, page_sql
 
 _COLUMNS = (
     "seq, notification_id, recipient_id, recipient_email, event_id, event_type, title, body,"
-    " priority, action_url, metadata, created_at, read_at"
+    f" priority, action_url, metadata, created_at, read_at, {SEEN_AT}, archived_at"
 )
 
 
@@ -34,6 +35,8 @@ class Notification:
     metadata: dict[str, Any]
     created_at: dt.datetime
     read_at: dt.datetime | None
+    seen_at: dt.datetime | None = None
+    archived_at: dt.datetime | None = None
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Notification:
@@ -64,10 +67,12 @@ class NewNotifications:
 
 @dataclasses.dataclass(frozen=True)
 class UnreadState:
-    """A user's unread count and its version (grows with every change of that user's count)."""
+    """A user's unread and unseen counts (of notifications not archived) and their version, which grows
+    with every change of either."""
 
     count: int
     version: int
+    unseen: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +82,12 @@ class StoredEvent:
 
 
 @dataclasses.dataclass(frozen=True)
-class ReadResult:
-    notification: Notification
-    unread: UnreadState | None  # None when it was already read (nothing changed)
+class Changed:
+    """What an inbox action changed: the ids whose state it changed (in id order), and the user's new
+    counts — None when no count moved (then no version was used either)."""
+
+    notification_ids: list[str]
+    unread: UnreadState | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,14 +111,14 @@ class NotificationRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
         # Concurrent reads of unread state (sockets connecting at once) share one query.
-        self._unread: BatchLoader[str, UnreadState] = BatchLoader(self.unread_states, default=UnreadState(0, 0))
+        self._unread: BatchLoader[str, UnreadState] = BatchLoader(self.unread_states, default=UnreadState(0, 0, 0))
 
     async def store_events(self, events: Sequence[NewNotifications]) -> list[StoredEvent]:
         """Store one row per (event, recipient) for several events in one transaction and bump the
         recipients' unread counters; one StoredEvent per event, in order. Rows that exist (same event
         and recipient) are left as they are and counted nowhere: idempotent.
 
-        One round trip: the database function `notify_store_events` (migrations/0005) does it all, with
+        One round trip: the database function `notify_store_events_v2` (migrations 0005, 0007) does it all, with
         the counters bumped *before* the rows are inserted (each recipient's counter lock taken first, in
         user order: concurrent batches cannot deadlock, and one user's rows get their seq in commit
         order, so a catch-up "after seq N" never skips a row committed later with a lower seq).
@@ -123,7 +131,7 @@ class NotificationRepository:
         recipients = [(new.event_id, r) for new in by_id.values() for r in new.recipients]
         async with self._db.connection() as conn, conn.cursor() as cur:
             await cur.execute(
-                "SELECT * FROM notify_store_events(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+                "SELECT * FROM notify_store_events_v2(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
                 " %s::text[], %s::text[], %s::text[], %s::text[], %s::int[])",
                 (
                     event_ids,
@@ -141,7 +149,7 @@ class NotificationRepository:
             rows = await cur.fetchall()
         by_event: dict[str, list[Notification]] = {}
         states: dict[str, UnreadState] = {}
-        for seq, notification_id, event_id, recipient_id, email, created_at, unread, version in rows:
+        for seq, notification_id, event_id, recipient_id, email, created_at, unread, unseen, version in rows:
             new = by_id[event_id]
             by_event.setdefault(event_id, []).append(Notification(
                 seq=seq, notification_id=str(notification_id), recipient_id=recipient_id, recipient_email=email,
@@ -149,7 +157,7 @@ class NotificationRepository:
                 priority=new.priority, action_url=new.action_url, metadata=new.metadata,
                 created_at=created_at, read_at=None,
             ))
-            states[recipient_id] = UnreadState(int(unread), int(version))
+            states[recipient_id] = UnreadState(int(unread), int(version), int(unseen))
         results = []
         for new in events:
             stored = by_event.get(new.event_id, [])
@@ -199,10 +207,11 @@ class NotificationRepository:
             return {}
         async with self._db.connection() as conn, conn.cursor() as cur:
             await cur.execute(
-                "SELECT user_id, unread, version FROM unread_counters WHERE user_id = ANY(%s)", (list(user_ids),)
+                "SELECT user_id, unread, version, unseen FROM unread_counters WHERE user_id = ANY(%s)",
+                (list(user_ids),),
             )
-            found = {row[0]: UnreadState(int(row[1]), int(row[2])) for row in await cur.fetchall()}
-        return {user_id: found.get(user_id, UnreadState(0, 0)) for user_id in user_ids}
+            found = {row[0]: UnreadState(int(row[1]), int(row[2]), int(row[3])) for row in await cur.fetchall()}
+        return {user_id: found.get(user_id, UnreadState(0, 0, 0)) for user_id in user_ids}
 
     async def _seq_of(self, cur: Any, user_id: str, notification_id: str) -> int:
         nid = _uuid_or_none(notification_id)
@@ -217,29 +226,46 @@ class NotificationRepository:
         return int(row[0])
 
     async def list_for_user(
-        self, user_id: str, *, limit: int, unread_only: bool = False, before: str | None = None
+        self, user_id: str, *, limit: int, inbox: InboxFilter | None = None, before: str | None = None
     ) -> Page:
-        """Newest first; `before` is the id of the last item of the previous page (UnknownCursor if it is
-        not one of this user's)."""
+        """Newest first, of those matching `inbox` (default: the ones not archived); `before` is the id of
+        the last item of the previous page (UnknownCursor if it is not one of this user's)."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        clauses, params = (inbox or InboxFilter()).clauses()
+        params.update(user=user_id, limit=limit + 1)
         async with self._db.connection() as conn, conn.cursor() as cur:
-            clauses = ["recipient_id = %(user)s"]
-            params: dict[str, Any] = {"user": user_id, "limit": limit + 1}
-            if unread_only:
-                clauses.append("read_at IS NULL")
             if before is not None:
                 params["before"] = await self._seq_of(cur, user_id, before)
                 clauses.append("seq < %(before)s")
-            await cur.execute(
-                f"SELECT {_COLUMNS} FROM notifications WHERE {' AND '.join(clauses)}"
-                f" ORDER BY seq DESC LIMIT %(limit)s",
-                params,
-            )
+            await cur.execute(page_sql(_COLUMNS, clauses), params)
             rows = await cur.fetchall()
         items = [Notification.from_row(row) for row in rows[:limit]]
         next_before = items[-1].notification_id if len(rows) > limit else None
         return Page(items=items, next_before=next_before)
+
+    async def counts(self, user_id: str, *, event_types: Sequence[str] = (), priorities: Sequence[str] = ()) -> Counts:
+        """Unread, unseen and all of the user's notifications that are not archived, of these event types
+        and priorities (empty: any). Counted from the rows' index, not the counters: any filter works."""
+        sql, params = counts_sql(event_types, priorities)
+        params["user"] = user_id
+        async with self._db.connection() as conn, conn.cursor() as cur:
+            await cur.execute(sql, params)
+            unread, unseen, total = await cur.fetchone()
+        return Counts(unread=int(unread), unseen=int(unseen), total=int(total))
+
+    async def get(self, user_id: str, notification_id: str) -> Notification | None:
+        """One of this user's notifications; None when it is not theirs, whether or not it exists."""
+        nid = _uuid_or_none(notification_id)
+        if nid is None:
+            return None
+        async with self._db.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM notifications WHERE notification_id = %s AND recipient_id = %s",
+                (nid, user_id),
+            )
+            row = await cur.fetchone()
+        return Notification.from_row(row) if row else None
 
     async def list_since(self, user_id: str, since: str, *, limit: int) -> list[Notification]:
         """This user's notifications stored after `since`, oldest first, at most `limit`."""
@@ -253,51 +279,25 @@ class NotificationRepository:
             rows = await cur.fetchall()
         return [Notification.from_row(row) for row in rows]
 
-    async def read_one(self, user_id: str, notification_id: str) -> ReadResult | None:
-        """Mark one of this user's notifications read. Idempotent: read_at keeps its first value and the
-        counter changes only the first time. None when the id is not one of this user's, whether or
-        not it exists."""
-        nid = _uuid_or_none(notification_id)
-        if nid is None:
-            return None
+    async def change(
+        self, user_id: str, action: str, *, ids: Sequence[str] | None = None, inbox: InboxFilter | None = None
+    ) -> Changed:
+        """Apply an inbox action (storage.inbox.ACTIONS: read, unread, seen, archive, unarchive) to this
+        user's notifications with these ids (ids of others, or of none, are skipped), or else to those
+        matching `inbox`; one statement, its own transaction. Idempotent: rows already in the state the
+        action leaves are not touched, and no count or version moves for them."""
+        chosen = ACTIONS[action]
+        params: dict[str, Any] = {"user": user_id}
+        if ids is not None:
+            valid = sorted({nid for nid in map(_uuid_or_none, ids) if nid is not None})
+            if not valid:
+                return Changed([], None)
+            scope, params["ids"] = ["notification_id = ANY(%(ids)s::uuid[])"], valid
+        else:
+            scope, filter_params = (inbox or InboxFilter()).clauses()
+            params.update(filter_params)
         async with self._db.connection() as conn, conn.cursor() as cur:
-            async with cur.begin():
-                await cur.execute(
-                    f"UPDATE notifications SET read_at = now()"
-                    f" WHERE notification_id = %s AND recipient_id = %s AND read_at IS NULL RETURNING {_COLUMNS}",
-                    (nid, user_id),
-                )
-                row = await cur.fetchone()
-                if row is None:
-                    await cur.execute(
-                        f"SELECT {_COLUMNS} FROM notifications WHERE notification_id = %s AND recipient_id = %s",
-                        (nid, user_id),
-                    )
-                    row = await cur.fetchone()
-                    return ReadResult(Notification.from_row(row), None) if row else None
-                unread = await self._subtract(cur, user_id, 1)
-        return ReadResult(Notification.from_row(row), unread)
-
-    async def read_all(self, user_id: str) -> tuple[int, UnreadState | None]:
-        """(rows changed, new unread state or None when nothing changed)."""
-        async with self._db.connection() as conn, conn.cursor() as cur:
-            async with cur.begin():
-                await cur.execute(
-                    "UPDATE notifications SET read_at = now() WHERE recipient_id = %s AND read_at IS NULL",
-                    (user_id,),
-                )
-                updated = int(cur.rowcount)
-                unread = await self._subtract(cur, user_id, updated) if updated else None
-        return updated, unread
-
-    @staticmethod
-    async def _subtract(cur: Any, user_id: str, read: int) -> UnreadState:
-        # `unread - read`, not 0: a concurrent insert holding this row's lock is counted after us.
-        await cur.execute(
-            "INSERT INTO unread_counters AS c (user_id, unread, version) VALUES (%s, 0, 1)"
-            " ON CONFLICT (user_id) DO UPDATE SET unread = GREATEST(c.unread - %s, 0), version = c.version + 1"
-            " RETURNING unread, version",
-            (user_id, read),
-        )
-        row = await cur.fetchone()
-        return UnreadState(int(row[0]), int(row[1]))
+            await cur.execute(action_sql(chosen, scope), params)
+            changed_ids, unread, unseen, version = await cur.fetchone()
+        state = None if version is None else UnreadState(int(unread), int(version), int(unseen))
+        return Changed(list(changed_ids or ()), state)

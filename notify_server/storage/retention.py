@@ -1,7 +1,9 @@
 """Retention: deleting the notifications and sessions that `retention.*` no longer keeps, in short batches.
 
-Three kinds of rows go (each cutoff is taken once, when a prune starts):
-- read notifications: read before now - `read_days`;
+Four kinds of rows go (each cutoff is taken once, when a prune starts):
+- read notifications: read before now - `read_days` (archived or not);
+- archived notifications never read: archived before now - `read_days` (archiving is the other way of
+  being done with one: it leaves the inbox and its counts, as reading does);
 - unread notifications: created before now - `unread_days` (0 = never);
 - sessions: expired, or revoked, before now - `sessions_days`.
 
@@ -11,8 +13,9 @@ never wait long behind a prune. Rows someone holds locked are skipped (`SKIP LOC
 next prune. Between batches the prune pauses (PAUSE_PER_BATCH), so live events keep their share of the
 database.
 
-Unread counts stay exact: a batch of unread notifications lowers each recipient's counter by the rows
-it deleted and bumps its version, in the batch's transaction. The rows are locked first, then the
+Unread counts stay exact: a batch of unread notifications lowers each recipient's counters (unread, and
+unseen for those not seen; archived ones are counted nowhere) by the rows it deleted and bumps the
+version, in the batch's transaction. The rows are locked first, then the
 counters in user order — read_one / read_all take a row and then its counter, and store_events takes
 counters in user order — so no batch can deadlock with them. The new counts go to `push_counts` (the
 routing path to the users' open tabs) once the batch has committed.
@@ -44,7 +47,7 @@ PRUNE_LOCK_KEY = 0x6E6F746966797072  # "notifypr": the advisory lock only one pr
 # half the time at most, and live events keep their latency; it deletes at about half speed (README
 # "Retention" has the figures, bench/prune.py measures them).
 PAUSE_PER_BATCH = 1.0
-KINDS = ("read", "unread", "sessions")
+KINDS = ("read", "unread", "archived", "sessions")
 
 CountsPush = Callable[[Mapping[str, UnreadState]], Awaitable[object]]
 
@@ -57,14 +60,15 @@ class PruneResult:
     unread: int = 0
     sessions: int = 0
     dry_run: bool = False
+    archived: int = 0  # archived and never read (issue 18)
 
     @property
     def total(self) -> int:
-        return self.read + self.unread + self.sessions
+        return self.read + self.unread + self.archived + self.sessions
 
     def summary(self) -> str:
-        """`read=3 unread=2 sessions=1`, as the command prints it and the worker logs it."""
-        return f"read={self.read} unread={self.unread} sessions={self.sessions}"
+        """`read=3 unread=2 archived=0 sessions=1`, as the command prints it and the worker logs it."""
+        return f"read={self.read} unread={self.unread} archived={self.archived} sessions={self.sessions}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,15 +89,20 @@ class _Walk:
 # batch commits, and live events of those users wait for it).
 _WALKS = (
     _Walk("read", "notifications", "read_at", ("read_at",), "read_at IS NOT NULL"),
+    _Walk("archived", "notifications", "archived_at", ("archived_at",), "archived_at IS NOT NULL AND read_at IS NULL"),
     _Walk("unread", "notifications", "created_at", ("recipient_id", "created_at"), "read_at IS NULL"),
     _Walk("sessions", "sessions", "expires_at", ("expires_at",), "TRUE"),
     _Walk("sessions", "sessions", "revoked_at", ("revoked_at",), "revoked_at IS NOT NULL"),
 )
 
-# How many rows of each kind are due, for a dry run: the same predicates as the walks.
+# How many rows of each kind are due, for a dry run: the same predicates as the walks, in their order (an
+# archived unread row due by both rules is the archived walk's: it runs first).
 _COUNTS = {
     "read": "SELECT count(*) FROM notifications WHERE read_at IS NOT NULL AND read_at < %(read)s",
-    "unread": "SELECT count(*) FROM notifications WHERE read_at IS NULL AND created_at < %(unread)s",
+    "archived": "SELECT count(*) FROM notifications WHERE archived_at IS NOT NULL AND read_at IS NULL"
+                " AND archived_at < %(archived)s",
+    "unread": "SELECT count(*) FROM notifications WHERE read_at IS NULL AND created_at < %(unread)s"
+              " AND NOT (archived_at IS NOT NULL AND archived_at < %(archived)s)",
     "sessions": "SELECT count(*) FROM sessions WHERE expires_at < %(sessions)s"
                 " OR (revoked_at IS NOT NULL AND revoked_at < %(sessions)s)",
 }
@@ -103,7 +112,8 @@ def _batch_sql(walk: _Walk, *, resume: bool) -> str:
     """Lock and delete the next batch of one walk in one statement (`resume`: after the row whose `order`
     values are %(after_0)s, %(after_1)s…, which may have peers). One row back — the batch's last `order`
     values, rows deleted, and for unread notifications the recipients in user order with the rows each
-    lost — or none when nothing was left to delete."""
+    lost (those counted: not archived) and how many of those were unseen — or none when nothing was left
+    to delete."""
     columns = ", ".join(walk.order)
     keys = ", ".join(f"{column} AS k{i}" for i, column in enumerate(walk.order))
     after = ", ".join(f"%(after_{i})s" for i in range(len(walk.order)))
@@ -119,12 +129,12 @@ def _batch_sql(walk: _Walk, *, resume: bool) -> str:
         # Deleted by physical address (a TID scan), not joined back by key: a join of the batch to the
         # table may be planned as a hash join over a scan of the whole table.
         f" gone AS (DELETE FROM {walk.table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM batch))"
-        f" RETURNING {'recipient_id' if unread else '1'})"
-        + (", per_user AS (SELECT recipient_id AS u, count(*) AS n FROM gone GROUP BY recipient_id)" if unread
-           else "")
+        f" RETURNING {'recipient_id, archived_at IS NULL AS counted, seen_at IS NULL AS unseen' if unread else '1'})"
+        + (", per_user AS (SELECT recipient_id AS u, count(*) AS n, count(*) FILTER (WHERE unseen) AS m"
+           " FROM gone WHERE counted GROUP BY recipient_id)" if unread else "")
         + f" SELECT {last}, (SELECT count(*) FROM gone),"
-        + (" (SELECT array_agg(u ORDER BY u) FROM per_user), (SELECT array_agg(n ORDER BY u) FROM per_user)"
-           if unread else " NULL, NULL")
+        + (" (SELECT array_agg(u ORDER BY u) FROM per_user), (SELECT array_agg(n ORDER BY u) FROM per_user),"
+           " (SELECT array_agg(m ORDER BY u) FROM per_user)" if unread else " NULL, NULL, NULL")
         + f" FROM (SELECT {last} FROM batch ORDER BY {newest_first} LIMIT 1) AS last"
     )
 
@@ -133,9 +143,10 @@ def _batch_sql(walk: _Walk, *, resume: bool) -> str:
 # each lost, one new version each. A user without a counter row had nothing counted: nothing to lower.
 _LOWER_COUNTERS = (
     "SELECT 1 FROM unread_counters WHERE user_id = ANY(%(users)s) ORDER BY user_id FOR UPDATE;"
-    " UPDATE unread_counters AS c SET unread = GREATEST(c.unread - d.n, 0), version = c.version + 1"
-    " FROM unnest(%(users)s::text[], %(counts)s::bigint[]) AS d(u, n) WHERE c.user_id = d.u"
-    " RETURNING c.user_id, c.unread, c.version"
+    " UPDATE unread_counters AS c SET unread = GREATEST(c.unread - d.n, 0), unseen = GREATEST(c.unseen - d.m, 0),"
+    " version = c.version + 1"
+    " FROM unnest(%(users)s::text[], %(counts)s::bigint[], %(unseen)s::bigint[]) AS d(u, n, m) WHERE c.user_id = d.u"
+    " RETURNING c.user_id, c.unread, c.version, c.unseen"
 )
 
 
@@ -157,7 +168,8 @@ class Pruner:
                     await cur.execute(sql, cutoffs)
                     row = await cur.fetchone()
                     counts[kind] = int(row[0])
-        return PruneResult(read=counts["read"], unread=counts["unread"], sessions=counts["sessions"], dry_run=True)
+        return PruneResult(read=counts["read"], unread=counts["unread"], archived=counts["archived"],
+                           sessions=counts["sessions"], dry_run=True)
 
     async def prune(self) -> PruneResult | None:
         """Delete every row due, batch by batch; None (and nothing done) when another prune holds the lock.
@@ -181,7 +193,8 @@ class Pruner:
                 # closes the connection when the prune is cancelled mid-statement, which does the same.
                 if not conn.closed:
                     await cur.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK_KEY,))
-        return PruneResult(read=counts["read"], unread=counts["unread"], sessions=counts["sessions"])
+        return PruneResult(read=counts["read"], unread=counts["unread"], archived=counts["archived"],
+                           sessions=counts["sessions"])
 
     async def _cutoffs(self, cur: Any) -> dict[str, dt.datetime | None]:
         """{kind: delete rows older than this}, from the database's clock; None for a kind kept for ever."""
@@ -192,7 +205,8 @@ class Pruner:
             (settings.read_days, settings.unread_days, settings.sessions_days),
         )
         read, unread, sessions = await cur.fetchone()
-        return {"read": read, "unread": unread if settings.unread_days > 0 else None, "sessions": sessions}
+        return {"read": read, "archived": read, "unread": unread if settings.unread_days > 0 else None,
+                "sessions": sessions}
 
     async def _walk(self, conn: Any, cur: Any, walk: _Walk, cutoff: dt.datetime) -> int:
         """Delete one kind's rows older than `cutoff` along one index, batch after batch; rows deleted."""
@@ -235,9 +249,9 @@ class Pruner:
             await cur.execute(sql, params)
             row = await cur.fetchone()
             states: dict[str, UnreadState] = {}
-            if row is not None and row[-2]:
-                await cur.execute(_LOWER_COUNTERS, {"users": row[-2], "counts": row[-1]})
-                states = {r[0]: UnreadState(int(r[1]), int(r[2])) for r in await cur.fetchall()}
+            if row is not None and row[-3]:
+                await cur.execute(_LOWER_COUNTERS, {"users": row[-3], "counts": row[-2], "unseen": row[-1]})
+                states = {r[0]: UnreadState(int(r[1]), int(r[2]), int(r[3])) for r in await cur.fetchall()}
         except BaseException:
             if not conn.closed:
                 await cur.execute("ROLLBACK")

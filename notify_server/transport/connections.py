@@ -31,7 +31,7 @@ from notify_server.core.constants import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_TOO_SLOW
 from notify_server.core.identity import SESSION, Identity
 from notify_server.storage.notifications import UnreadState
 from notify_server.transport.frames import unread_count_frame
-from notify_server.transport.push import PushJob
+from notify_server.transport.push import PushItem, PushJob
 
 logger = logging.getLogger("notify.connections")
 
@@ -200,13 +200,15 @@ class NotificationWebSocketManager:
             if self._unread_state is None:
                 raise RuntimeError("this manager was built without an unread-count reader")
             unread = await self._unread_state(user_id)
-        count, version = (unread, None) if isinstance(unread, int) else (unread.count, unread.version)
-        return self._push_unread(user_id, unread_count_frame(count, version), version)
+        if isinstance(unread, int):
+            return self._push_unread(user_id, unread_count_frame(unread), None)
+        return self._push_unread(user_id, unread_count_frame(unread.count, unread.version, unread.unseen),
+                                 unread.version)
 
     def deliver(self, jobs: Sequence[PushJob]) -> None:
         """The batch form of push_to_user + push_unread_count, for this node's push jobs: every frame to
         its user's sockets here, then each user's newest unread count once (coalesced per batch)."""
-        newest_unread: dict[str, tuple[int, int | None]] = {}
+        newest_unread: dict[str, PushItem] = {}
         for job in jobs:
             for item in job.items:
                 if item.user_id not in self._connections:
@@ -215,10 +217,12 @@ class NotificationWebSocketManager:
                     self._push_frame(item.user_id, item.frame, item.notification_id)
                 if item.unread_count is not None:
                     seen = newest_unread.get(item.user_id)
-                    if seen is None or (item.unread_version or 0) >= (seen[1] or 0):
-                        newest_unread[item.user_id] = (item.unread_count, item.unread_version)
-        for user_id, (count, version) in newest_unread.items():
-            self._push_unread(user_id, unread_count_frame(count, version), version)
+                    if seen is None or (item.unread_version or 0) >= (seen.unread_version or 0):
+                        newest_unread[item.user_id] = item
+        for user_id, item in newest_unread.items():
+            count = item.unread_count or 0
+            self._push_unread(user_id, unread_count_frame(count, item.unread_version, item.unseen_count),
+                              item.unread_version)
 
     def _push_frame(self, user_id: str, text: str, notification_id: str | None) -> int:
         return self._each_socket(user_id, lambda ws: self._send(ws, text, notification_id))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -53,7 +53,20 @@ def refreshed_frame(expires_at: dt.datetime | None) -> str:
     return orjson.dumps({"type": "refreshed", "data": data}).decode()
 
 
-def unread_count_frame(count: int, version: int | None = None) -> str:
-    """`{"type": "unread_count", "data": {"count": N, "version": V}}`; a tab keeps the highest version."""
-    data = {"count": count} if version is None else {"count": count, "version": version}
+def unread_count_frame(count: int, version: int | None = None, unseen: int | None = None) -> str:
+    """`{"type": "unread_count", "data": {"count": N, "unseen": M, "version": V}}`: unread and unseen
+    notifications that are not archived; a tab keeps the highest version."""
+    data = {"count": count}
+    if unseen is not None:
+        data["unseen"] = unseen
+    if version is not None:
+        data["version"] = version
     return orjson.dumps({"type": "unread_count", "data": data}).decode()
+
+
+def notifications_updated_frame(notification_ids: Sequence[str], flags: Mapping[str, bool]) -> str:
+    """`{"type": "notifications_updated", "data": {"notification_ids": [...], "read": true}}`: these
+    notifications of the user changed state (another tab, or this one, acted); only the flags that
+    changed (`read`, `seen`, `archived`) are there."""
+    return orjson.dumps({"type": "notifications_updated",
+                         "data": {"notification_ids": list(notification_ids), **flags}}).decode()

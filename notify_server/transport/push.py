@@ -27,13 +27,16 @@ _FIELD = b"j"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PushItem:
-    """For one user on one node: a serialised notification frame and/or the new unread count."""
+    """For one user on one node: a serialised frame (a notification, or any other frame for the user's
+    tabs) and/or the new unread count. Fields are only ever added at the end: a job written by a node or
+    worker of the previous release still decodes."""
 
     user_id: str
     frame: str | None = None
-    notification_id: str | None = None  # of `frame`, so a catch-up can drop what it replayed
+    notification_id: str | None = None  # of a notification `frame`, so a catch-up can drop what it replayed
     unread_count: int | None = None
     unread_version: int | None = None
+    unseen_count: int | None = None  # beside unread_count (issue 18)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,7 +63,8 @@ def stream_key(node_id: str) -> str:
 def encode_job(items: Sequence[PushItem], now: float) -> bytes:
     return orjson.dumps({
         "t": now,
-        "i": [[i.user_id, i.frame, i.notification_id, i.unread_count, i.unread_version] for i in items],
+        "i": [[i.user_id, i.frame, i.notification_id, i.unread_count, i.unread_version, i.unseen_count]
+              for i in items],
     })
 
 

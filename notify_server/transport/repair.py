@@ -86,10 +86,11 @@ class PushGapRepair:
             for user_id, user_rows in found.items():
                 state = states[user_id]
                 if len(user_rows) >= REPLAY_PER_USER:
-                    items.append(PushItem(user_id, RESYNC_FRAME, None, state.count, state.version))
+                    items.append(PushItem(user_id, RESYNC_FRAME, None, state.count, state.version, state.unseen))
                     continue
                 items += [PushItem(user_id, frames[n.notification_id], n.notification_id) for n in user_rows]
-                items.append(PushItem(user_id, unread_count=state.count, unread_version=state.version))
+                items.append(PushItem(user_id, unread_count=state.count, unread_version=state.version,
+                                      unseen_count=state.unseen))
             self._manager.deliver([PushJob(items=items, enqueued_at=time.time())])
             queued += len(items)
         logger.info("delivery repaired after a presence or push-stream outage: %d frame(s) for %d user(s)",

@@ -50,7 +50,12 @@ class PushRouter:
         return await self.route(
             states,
             lambda online: [
-                PushItem(user_id, unread_count=s.count, unread_version=s.version)
+                PushItem(user_id, unread_count=s.count, unread_version=s.version, unseen_count=s.unseen)
                 for user_id, s in states.items() if user_id in online
             ],
         )
+
+    async def push_items(self, items: Sequence[PushItem]) -> int:
+        """These items (frames and counts, each for its user) to every node holding their users."""
+        return await self.route({item.user_id for item in items},
+                                lambda online: [item for item in items if item.user_id in online])

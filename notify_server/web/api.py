@@ -1,4 +1,5 @@
-"""REST API (SPEC §8): list notifications, unread count, mark read; health, readiness and metrics."""
+"""REST API (SPEC §8): authentication and the error shape of every route, the unread count; health, readiness
+and metrics. The inbox's routes (list, counts, read and the other states) are notify_server.web.inbox."""
 
 from __future__ import annotations
 
@@ -9,34 +10,18 @@ from typing import Any
 
 import psycopg2.errors
 from aiohttp import web
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from notify_server.auth.authenticator import REST, AuthUnavailable, rest_credentials
 from notify_server.auth.origins import origin_allowed
 from notify_server.core.identity import Identity
 from notify_server.core.metrics import CONTENT_TYPE_LATEST, render
-from notify_server.core.schemas import NotificationItemSchema, first_error
 from notify_server.core.stores import describe, unavailable
 from notify_server.storage.migrations import APPLIED_QUERY, missing_from
-from notify_server.storage.notifications import UnknownCursor, UnreadState
 from notify_server.web import appkeys
 
 logger = logging.getLogger("notify.api")
 
-_ITEM_SCHEMA = NotificationItemSchema()
 READY_TIMEOUT_S = 2.0
-
-
-class ListQuerySchema(Schema):
-    class Meta:
-        unknown = EXCLUDE  # cache-busters and the like are not errors
-
-    unread_only = fields.Boolean(load_default=False)
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1))
-    before = fields.UUID(load_default=None)
-
-
-_LIST_QUERY = ListQuerySchema()
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -107,69 +92,9 @@ async def authenticate(request: web.Request) -> Identity:
     return identity
 
 
-def _refuse_body(request: web.Request) -> None:
-    limit = request.app[appkeys.SETTINGS].limits.request_max_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-
-
-async def list_notifications(request: web.Request) -> web.Response:
-    session = await authenticate(request)
-    query = {key: value for key, value in request.query.items() if value != ""}
-    try:
-        params = _LIST_QUERY.load(query)
-    except ValidationError as exc:
-        return json_error(400, "bad_request", first_error(exc.messages))
-    list_max = request.app[appkeys.SETTINGS].limits.list_max
-    if params["limit"] > list_max:
-        return json_error(400, "bad_request", f"limit: at most {list_max}")
-    try:
-        page = await request.app[appkeys.NOTIFICATIONS].list_for_user(
-            session.user_id,
-            limit=params["limit"],
-            unread_only=params["unread_only"],
-            before=str(params["before"]) if params["before"] else None,
-        )
-    except UnknownCursor:
-        return json_error(400, "bad_request", "before: not a notification id from a previous page")
-    return web.json_response({"items": _ITEM_SCHEMA.dump(page.items, many=True), "next_before": page.next_before})
-
-
 async def unread_count(request: web.Request) -> web.Response:
     session = await authenticate(request)
     return web.json_response({"count": await request.app[appkeys.NOTIFICATIONS].count_unread(session.user_id)})
-
-
-async def mark_read(request: web.Request) -> web.Response:
-    _refuse_body(request)
-    session = await authenticate(request)
-    result = await request.app[appkeys.NOTIFICATIONS].read_one(session.user_id, request.match_info["notification_id"])
-    if result is None:
-        # Same answer whether it does not exist or belongs to someone else.
-        return json_error(404, "not_found", "no such notification")
-    if result.unread is not None:
-        await _announce_unread(request, session.user_id, result.unread)
-    return web.json_response(_ITEM_SCHEMA.dump(result.notification))
-
-
-async def mark_all_read(request: web.Request) -> web.Response:
-    _refuse_body(request)
-    session = await authenticate(request)
-    updated, unread = await request.app[appkeys.NOTIFICATIONS].read_all(session.user_id)
-    if unread is not None:
-        await _announce_unread(request, session.user_id, unread)
-    return web.json_response({"updated": updated})
-
-
-async def _announce_unread(request: web.Request, user_id: str, unread: UnreadState) -> None:
-    """Every tab of the user, on every node, gets the new count. The change is stored whatever happens
-    here, so a Redis fault costs only the live update."""
-    try:
-        await request.app[appkeys.ROUTER].push_unread_counts({user_id: unread})
-    except Exception as exc:
-        if not unavailable(exc):
-            raise
-        logger.warning("unread count not pushed (%s)", describe(exc))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -213,10 +138,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/notifications", list_notifications)
     app.router.add_get("/api/notifications/unread-count", unread_count)
-    app.router.add_post("/api/notifications/read-all", mark_all_read)
-    app.router.add_post("/api/notifications/{notification_id}/read", mark_read)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

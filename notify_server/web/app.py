@@ -34,7 +34,7 @@ from notify_server.transport.presence import Presence
 from notify_server.transport.push import StreamPushTransport
 from notify_server.transport.repair import PushGapRepair
 from notify_server.transport.routing import PushRouter
-from notify_server.web import api, appkeys, openapi, publish
+from notify_server.web import api, appkeys, inbox, openapi, publish
 from notify_server.web.sse import SSE_PATH, notifications_sse
 from notify_server.web.ws import notifications_ws
 
@@ -67,6 +67,7 @@ def create_app(
     app.router.add_get(SSE_PATH, notifications_sse)
     app.router.add_get("/static/notify-client.js", browser_client)
     api.add_routes(app)
+    inbox.add_routes(app)
     publish.add_routes(app)
     openapi.add_routes(app)
     if extra_routes is not None:

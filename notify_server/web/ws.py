@@ -34,7 +34,7 @@ async def send_first_frames(
     settings = app[appkeys.SETTINGS]
     repository = app[appkeys.NOTIFICATIONS]
     unread = await repository.unread_state(user_id)
-    first_frames = [unread_count_frame(unread.count, unread.version)]
+    first_frames = [unread_count_frame(unread.count, unread.version, unread.unseen)]
     replayed: set[str] = set()
     since = since or request.query.get("since")
     if since:
