@@ -25,6 +25,7 @@ from notify_server.core.settings import Settings
 from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient
 from notify_server.storage.sessions import SessionStore
 from notify_server.web.app import create_app
+from notify_server.web.inbox import BULK_MAX_BODY_BYTES
 from notify_server.web.openapi import OPENAPI_PATH, build_document
 from tests.fakes import claim_rejected, start_node
 from tests.helpers import insert
@@ -116,8 +117,6 @@ async def test_real_responses_of_every_documented_status_conform(
     (notification_id,) = await store(repository, "alice", 1)
     oversized = b"x" * (configured.limits.request_max_bytes + 1)
     over_publish = b"x" * (configured.publish.max_body_bytes + 1)
-    read_path = "/api/notifications/{notification_id}/read"
-    read_url = f"/api/notifications/{notification_id}/read"
 
     # The user API.
     listed = await check("/api/notifications", "get", node.get("/api/notifications", headers=user))
@@ -129,18 +128,40 @@ async def test_real_responses_of_every_documented_status_conform(
         await check(url, "get", node.get(url, headers=user))
         await check(url, "get", node.get(url))
         await check(url, "get", away.get(url, headers=user))
-    await check(read_path, "post", node.post(read_url, headers=user))
-    await check(read_path, "post", node.post(read_url))
-    await check(read_path, "post", node.post(read_url, headers=cookie_from_elsewhere))
-    await check(read_path, "post", node.post(f"/api/notifications/{uuid.uuid4()}/read", headers=user))
-    await check(read_path, "post", node.post(read_url, headers=user, data=oversized))
-    await check(read_path, "post", away.post(read_url, headers=user))
-    read_all = "/api/notifications/read-all"
-    await check(read_all, "post", node.post(read_all, headers=user))
-    await check(read_all, "post", node.post(read_all))
-    await check(read_all, "post", node.post(read_all, headers=cookie_from_elsewhere))
-    await check(read_all, "post", node.post(read_all, headers=user, data=oversized))
-    await check(read_all, "post", away.post(read_all, headers=user))
+    for action in ("read", "unread", "seen", "archive", "unarchive"):
+        path, url = f"/api/notifications/{{notification_id}}/{action}", f"/api/notifications/{notification_id}/{action}"
+        await check(path, "post", node.post(url, headers=user))
+        await check(path, "post", node.post(url))
+        await check(path, "post", node.post(url, headers=cookie_from_elsewhere))
+        await check(path, "post", node.post(f"/api/notifications/{uuid.uuid4()}/{action}", headers=user))
+        await check(path, "post", node.post(url, headers=user, data=oversized))
+        await check(path, "post", away.post(url, headers=user))
+    for route in ("read-all", "seen-all", "archive-all"):
+        path = f"/api/notifications/{route}"
+        await check(path, "post", node.post(path, headers=user))
+        await check(path, "post", node.post(path, headers=user, json={"filter": {"priority": "HIGH,URGENT"}}))
+        await check(path, "post", node.post(path, headers=user, json={"filter": {"priority": ["NOW"]}}))
+        await check(path, "post", node.post(path))
+        await check(path, "post", node.post(path, headers=cookie_from_elsewhere))
+        await check(path, "post", node.post(path, headers=user, data=oversized))
+        await check(path, "post", away.post(path, headers=user))
+    bulk = "/api/notifications/bulk"
+    body = {"action": "unarchive", "notification_ids": [notification_id, str(uuid.uuid4())]}
+    answered = await check(bulk, "post", node.post(bulk, headers=user, json=body))
+    assert await answered.json() == {"updated": 1}
+    await check(bulk, "post", node.post(bulk, headers=user, json={**body, "action": "delete"}))
+    await check(bulk, "post", node.post(bulk, json=body))
+    await check(bulk, "post", node.post(bulk, headers=cookie_from_elsewhere, json=body))
+    await check(bulk, "post", node.post(bulk, headers=user, data=b"x" * (BULK_MAX_BODY_BYTES + 1)))
+    await check(bulk, "post", away.post(bulk, headers=user, json=body))
+    counts = "/api/notifications/counts"
+    answered = await check(counts, "get", node.get(counts + "?event_type=CLAIM_REJECTED", headers=user))
+    assert await answered.json() == {"unread": 0, "unseen": 0, "total": 1}  # read, seen, archived, unarchived
+    await check(counts, "get", node.get(counts + "?priority=NOW", headers=user))
+    await check(counts, "get", node.get(counts))
+    await check(counts, "get", away.get(counts, headers=user))
+    await check("/api/notifications", "get", node.get("/api/notifications?archived=all&read=false&seen=true"
+                                                      "&event_type=CLAIM_REJECTED&priority=HIGH", headers=user))
 
     # The publish API.
     event = claim_rejected("oas-1", "alice")

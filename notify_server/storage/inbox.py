@@ -98,10 +98,13 @@ def action_sql(action: Action, scope: Sequence[str]) -> str:
     return (
         # Locked in id order (two actions of one user cannot deadlock); each row is read as it is once
         # locked, so a concurrent change that committed first is seen, not counted twice.
-        f"WITH target AS (SELECT ctid, notification_id, read_at, seen_at, archived_at FROM notifications"
+        f"WITH target AS (SELECT notification_id, read_at, seen_at, archived_at FROM notifications"
         f" WHERE {where} ORDER BY notification_id FOR UPDATE),"
-        # By physical address (a TID scan): a join back by key may be planned as a scan of the table.
-        f" changed AS (UPDATE notifications SET {action.assign} WHERE ctid = ANY(ARRAY(SELECT ctid FROM target))"
+        # By id, as an array (primary-key look-ups; a join back may be planned as a scan of the table). Not
+        # by ctid: a row a concurrent change committed while we waited for it has a new ctid, which this
+        # statement's snapshot does not see, and the row would be skipped.
+        f" changed AS (UPDATE notifications SET {action.assign}"
+        f" WHERE notification_id = ANY(ARRAY(SELECT notification_id FROM target))"
         f" RETURNING notification_id, read_at, seen_at, archived_at),"
         f" delta AS (SELECT coalesce(sum({unread_delta}), 0) AS unread, coalesce(sum({unseen_delta}), 0) AS unseen"
         f" FROM changed n JOIN target t USING (notification_id)),"

@@ -15,9 +15,11 @@ import orjson
 from aiohttp import web
 
 from notify_server.core.constants import PRIORITIES
-from notify_server.core.schemas import MAX_EVENT_ID_CHARS, MAX_RECIPIENTS, MAX_USER_ID_CHARS
+from notify_server.core.schemas import MAX_EVENT_ID_CHARS, MAX_EVENT_TYPE_CHARS, MAX_RECIPIENTS, MAX_USER_ID_CHARS
 from notify_server.core.settings import Settings
+from notify_server.storage.inbox import ACTIONS
 from notify_server.web import appkeys
+from notify_server.web.inbox import ALL_ROUTES, BULK_MAX_BODY_BYTES, BULK_MAX_IDS, FILTER_MAX_VALUES
 from notify_server.web.publish import API_KEY_HEADER, BATCH_MAX_EVENTS
 
 OPENAPI_PATH = "/api/openapi.json"
@@ -38,6 +40,19 @@ def _error(description: str) -> Schema:
 
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
+_VALUES: Schema = {
+    "oneOf": [
+        {"type": "array", "maxItems": FILTER_MAX_VALUES,
+         "items": {"type": "string", "maxLength": MAX_EVENT_TYPE_CHARS}},
+        {"type": "string", "description": "comma-separated"},
+    ],
+}
+_PRIORITY_VALUES: Schema = {
+    "oneOf": [
+        {"type": "array", "maxItems": FILTER_MAX_VALUES, "items": {"type": "string", "enum": list(PRIORITIES)}},
+        {"type": "string", "description": "comma-separated: LOW, NORMAL, HIGH, URGENT"},
+    ],
+}
 
 # The eight keys of a notification frame's data (SPEC §7), shared by the frame and the REST item.
 _NOTIFICATION_PROPERTIES: Schema = {
@@ -53,7 +68,13 @@ _NOTIFICATION_PROPERTIES: Schema = {
 
 
 def _schemas(settings: Settings) -> dict[str, Schema]:
-    item_properties = {**_NOTIFICATION_PROPERTIES, "read_at": {"type": ["string", "null"], "format": "date-time"}}
+    moment = {"type": ["string", "null"], "format": "date-time"}
+    item_properties = {
+        **_NOTIFICATION_PROPERTIES,
+        "read_at": moment,
+        "seen_at": {**moment, "description": "marking read marks seen too"},
+        "archived_at": {**moment, "description": "archived: out of the inbox and its counts, still listed"},
+    }
     error_body: Schema = {
         "type": "object",
         "required": ["code", "message"],
@@ -90,9 +111,36 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "type": "object", "required": ["count"], "additionalProperties": False,
             "properties": {"count": {"type": "integer", "minimum": 0}},
         },
-        "ReadAllResult": {
+        "Updated": {
             "type": "object", "required": ["updated"], "additionalProperties": False,
-            "properties": {"updated": {"type": "integer", "minimum": 0}},
+            "properties": {"updated": {"type": "integer", "minimum": 0,
+                                       "description": "notifications whose state this call changed"}},
+        },
+        "Counts": {
+            "type": "object", "required": ["unread", "unseen", "total"], "additionalProperties": False,
+            "description": "of the caller's notifications that are not archived",
+            "properties": {"unread": {"type": "integer", "minimum": 0}, "unseen": {"type": "integer", "minimum": 0},
+                           "total": {"type": "integer", "minimum": 0}},
+        },
+        "InboxFilter": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "read": {"type": "boolean"}, "seen": {"type": "boolean"},
+                "event_type": _VALUES, "priority": _PRIORITY_VALUES,
+            },
+        },
+        "FilterBody": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"filter": _ref("InboxFilter")},
+        },
+        "Bulk": {
+            "type": "object", "required": ["action", "notification_ids"], "additionalProperties": False,
+            "properties": {
+                "action": {"type": "string", "enum": list(ACTIONS)},
+                "notification_ids": {"type": "array", "maxItems": BULK_MAX_IDS,
+                                     "items": {"type": "string", "format": "uuid"},
+                                     "description": "ids that are not the caller's are skipped"},
+            },
         },
         "Recipient": {
             "type": "object", "required": ["user_id"], "additionalProperties": False,
@@ -171,15 +219,26 @@ _UNAVAILABLE = _error("Postgres, Redis or the auth proxy endpoint cannot answer 
 _FORGED = _error("a cookie-authenticated change from an Origin not in websocket.allowed_origins (CSRF)")
 
 
-def _paths(settings: Settings) -> dict[str, Schema]:
+def _inbox_paths(settings: Settings) -> dict[str, Schema]:
+    """The inbox (notify_server.web.inbox): list, counts, the states one at a time, by filter, in bulk."""
     too_large = _error(f"a body over {settings.limits.request_max_bytes} bytes (limits.request_max_bytes)")
-    publish_too_large = _error(f"a body over {settings.publish.max_body_bytes} bytes (publish.max_body_bytes)")
-    return {
+    not_theirs = _error("not one of the caller's notifications (whether or not it exists)")
+    list_filter = {"type": "string", "description": "comma-separated values"}
+    paths: dict[str, Schema] = {
         "/api/notifications": {"get": {
             "operationId": "listNotifications", "tags": ["notifications"], "security": _USER,
-            "summary": "The caller's notifications, newest first, a page at a time",
+            "summary": "The caller's notifications, newest first, a page at a time, filtered",
             "parameters": [
-                {"name": "unread_only", "in": "query", "schema": {"type": "boolean", "default": False}},
+                {"name": "read", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "seen", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "archived", "in": "query",
+                 "schema": {"type": "string", "enum": ["false", "true", "all"], "default": "false"},
+                 "description": "false: the inbox; true: the archived ones; all: both"},
+                {"name": "event_type", "in": "query", "schema": list_filter},
+                {"name": "priority", "in": "query", "schema": list_filter,
+                 "description": "comma-separated: LOW, NORMAL, HIGH, URGENT"},
+                {"name": "unread_only", "in": "query", "schema": {"type": "boolean", "default": False},
+                 "description": "true is read=false (kept for older clients)"},
                 {"name": "limit", "in": "query",
                  "schema": {"type": "integer", "minimum": 1, "maximum": settings.limits.list_max, "default": 20}},
                 {"name": "before", "in": "query", "schema": {"type": "string", "format": "uuid"},
@@ -191,29 +250,61 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 "401": _UNAUTHORIZED, "503": _UNAVAILABLE,
             },
         }},
+        "/api/notifications/counts": {"get": {
+            "operationId": "notificationCounts", "tags": ["notifications"], "security": _USER,
+            "summary": "Unread, unseen and all of the caller's notifications not archived (the bell)",
+            "parameters": [
+                {"name": "event_type", "in": "query", "schema": list_filter},
+                {"name": "priority", "in": "query", "schema": list_filter},
+            ],
+            "responses": {"200": _json(_ref("Counts"), "the counts"), "400": _error("a bad filter (named)"),
+                          "401": _UNAUTHORIZED, "503": _UNAVAILABLE},
+        }},
         "/api/notifications/unread-count": {"get": {
             "operationId": "unreadCount", "tags": ["notifications"], "security": _USER,
-            "summary": "How many of the caller's notifications are unread",
+            "summary": "How many of the caller's notifications are unread (and not archived)",
             "responses": {"200": _json(_ref("UnreadCount"), "the count"), "401": _UNAUTHORIZED,
                           "503": _UNAVAILABLE},
         }},
-        "/api/notifications/{notification_id}/read": {"post": {
-            "operationId": "markRead", "tags": ["notifications"], "security": _USER,
-            "summary": "Mark one notification read (idempotent); every tab of the user gets the new count",
-            "parameters": [{"name": "notification_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "/api/notifications/bulk": {"post": {
+            "operationId": "bulkAction", "tags": ["notifications"], "security": _USER,
+            "summary": f"One action on up to {BULK_MAX_IDS} notifications by id; every tab of the user is told",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Bulk")}}},
             "responses": {
-                "200": _json(_ref("NotificationItem"), "the item; read_at keeps its first value"),
+                "200": _json(_ref("Updated"), "how many changed"),
+                "400": _error(f"not JSON, an unknown action, an id that is no uuid, over {BULK_MAX_IDS} ids"),
                 "401": _UNAUTHORIZED, "403": _FORGED,
-                "404": _error("not one of the caller's notifications (whether or not it exists)"),
-                "413": too_large, "503": _UNAVAILABLE,
+                "413": _error(f"a body over {BULK_MAX_BODY_BYTES} bytes"), "503": _UNAVAILABLE,
             },
         }},
-        "/api/notifications/read-all": {"post": {
-            "operationId": "markAllRead", "tags": ["notifications"], "security": _USER,
-            "summary": "Mark every notification of the caller read",
-            "responses": {"200": _json(_ref("ReadAllResult"), "how many changed"), "401": _UNAUTHORIZED,
+    }
+    for route, action in ALL_ROUTES.items():
+        paths[f"/api/notifications/{route}"] = {"post": {
+            "operationId": f"{action}All", "tags": ["notifications"], "security": _USER,
+            "summary": f"Mark {action} every notification of the caller not archived (that the filter matches)",
+            "requestBody": {"required": False,
+                            "content": {"application/json": {"schema": _ref("FilterBody")}}},
+            "responses": {"200": _json(_ref("Updated"), "how many changed"),
+                          "400": _error("not JSON, or a bad filter (named)"), "401": _UNAUTHORIZED,
                           "403": _FORGED, "413": too_large, "503": _UNAVAILABLE},
-        }},
+        }}
+    for action in ACTIONS:
+        paths[f"/api/notifications/{{notification_id}}/{action}"] = {"post": {
+            "operationId": f"mark{action.capitalize()}", "tags": ["notifications"], "security": _USER,
+            "summary": f"{action.capitalize()} one notification (idempotent); every tab of the user is told",
+            "parameters": [{"name": "notification_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": _json(_ref("NotificationItem"), "the item; a state keeps its first time when set again"),
+                "401": _UNAUTHORIZED, "403": _FORGED, "404": not_theirs, "413": too_large, "503": _UNAVAILABLE,
+            },
+        }}
+    return paths
+
+
+def _paths(settings: Settings) -> dict[str, Schema]:
+    publish_too_large = _error(f"a body over {settings.publish.max_body_bytes} bytes (publish.max_body_bytes)")
+    return {
+        **_inbox_paths(settings),
         "/api/events": {"post": {
             "operationId": "publishEvent", "tags": ["publish"], "security": _PUBLISHER,
             "summary": "Enqueue one event (server to server)",
