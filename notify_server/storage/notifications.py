@@ -292,7 +292,9 @@ class NotificationRepository:
             valid = sorted({nid for nid in map(_uuid_or_none, ids) if nid is not None})
             if not valid:
                 return Changed([], None)
-            scope, params["ids"] = ["notification_id = ANY(%(ids)s::uuid[])"], valid
+            # A semi-join: one primary-key look-up per id (`= ANY(...)` was planned as a bitmap AND with
+            # a scan of all the user's index entries, a third of a 1,000-id action's time for a heavy user).
+            scope, params["ids"] = ["notification_id IN (SELECT unnest(%(ids)s::uuid[]))"], valid
         else:
             scope, filter_params = (inbox or InboxFilter()).clauses()
             params.update(filter_params)
