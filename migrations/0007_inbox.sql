@@ -127,21 +127,22 @@ BEGIN
 END
 $step1$;
 
--- "Newest of user X" with the flags and filter columns in the index: the inbox's lists (filtered by
--- read, seen, archived, type, priority) find their page and its counts are summed from the index alone
--- (index-only scans), not from the table. It replaces 0002's notifications_recipient_newest (same keys),
--- so a stored row still updates as many indexes as before.
+-- "Newest of user X" with the three states in the index: the inbox's lists (filtered by read, seen,
+-- archived) find their page, and the unfiltered counts are summed, from the index alone (index-only
+-- scans), not from the table. It replaces 0002's notifications_recipient_newest (same keys). The event
+-- type and priority are not included: that made every stored row ~15 % dearer (bench/store_path.py);
+-- lists filtered by them use the next index.
 DROP INDEX CONCURRENTLY IF EXISTS notifications_recipient_inbox;
 CREATE INDEX CONCURRENTLY notifications_recipient_inbox ON notifications (recipient_id, seq DESC)
-  INCLUDE (event_type, priority, read_at, seen_at, archived_at);
+  INCLUDE (read_at, seen_at, archived_at);
 DROP INDEX CONCURRENTLY IF EXISTS notifications_recipient_newest;
 
--- The counts of the bell (`GET /api/notifications/counts`): a user's notifications not archived, by event
--- type and priority, with the flags that are counted. A filter by type (and priority) reads only its
--- ranges; without one a heavy user's 10,000 entries are narrow enough to sum in about a millisecond.
--- `seq` lets a list filtered by type find its page here when the type is rare. It takes the place of
--- 0002's notifications_recipient_unread (unread-of-user is 0004's notifications_unread_recipient_created,
--- and an unread list in seq order is the index above): again as many indexes to update per stored row.
+-- The bell's counts and lists by event type and priority (`?event_type=&priority=`): a user's
+-- notifications not archived, by type and priority, with the flags that are counted and `seq` (a page of
+-- a filtered list is found here, however rare the type). A filter reads only its ranges. It takes the
+-- place of 0002's notifications_recipient_unread (unread-of-user is 0004's
+-- notifications_unread_recipient_created, and an unread list in seq order is the index above): a stored
+-- row updates as many indexes as before.
 DROP INDEX CONCURRENTLY IF EXISTS notifications_recipient_counts;
 CREATE INDEX CONCURRENTLY notifications_recipient_counts ON notifications (recipient_id, event_type, priority)
   INCLUDE (read_at, seen_at, seq) WHERE archived_at IS NULL;

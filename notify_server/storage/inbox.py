@@ -126,7 +126,8 @@ COUNTS_SQL = (
 
 
 def counts_sql(event_types: Sequence[str], priorities: Sequence[str]) -> tuple[str, dict[str, Any]]:
-    """The counts of the bell, from notifications_recipient_counts alone (an index-only scan, 0007)."""
+    """The counts of the bell, from one index alone (an index-only scan of notifications_recipient_inbox,
+    or notifications_recipient_counts with a filter: migration 0007)."""
     clauses, params = InboxFilter(event_types=tuple(event_types), priorities=tuple(priorities)).clauses()
     extra = [c for c in clauses if c != "archived_at IS NULL"]
     return " AND ".join([COUNTS_SQL, *extra]), params
@@ -134,7 +135,8 @@ def counts_sql(event_types: Sequence[str], priorities: Sequence[str]) -> tuple[s
 
 def page_sql(columns: str, clauses: Sequence[str]) -> str:
     """A page of a user's notifications, newest first: the seqs of the page are found in an index alone
-    (the filters are on columns the inbox indexes include), then only those rows are read."""
+    (the filters are on columns the inbox's indexes hold; an archived list filtered by type or priority
+    reads its archived rows), then only those rows are read."""
     where = " AND ".join(["recipient_id = %(user)s", *clauses])
     return (
         f"SELECT {columns} FROM notifications WHERE recipient_id = %(user)s AND seq = ANY(ARRAY("
