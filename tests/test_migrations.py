@@ -185,3 +185,52 @@ def test_the_store_function_plans_each_call_afresh(database_url: str) -> None:
     # worker calls notify_store_events_v2 since 0007 (notify_store_events is a wrapper of it).
     rows = query(database_url, "SELECT proconfig FROM pg_proc WHERE proname = 'notify_store_events_v2'")
     assert rows == [(["plan_cache_mode=force_custom_plan"],)], rows
+
+
+def test_0007_on_a_populated_database_counts_every_unread_one_unseen_and_runs_again_safely(
+    fresh_database_url: str,
+) -> None:
+    """The inbox migration on rows stored before it: nothing was seen or archived, so each user's unseen
+    count is their unread count, and rows read before it are seen (at the time they were read). A run cut
+    short in its index builds is run again by the next `migrate`: the file as a whole is safe to repeat."""
+    from yoyo import get_backend, read_migrations
+
+    from notify_server.storage.migrations import MIGRATIONS_DIR
+
+    backend = get_backend(fresh_database_url)
+    with backend.lock():
+        backend.apply_migrations(backend.to_apply(read_migrations(str(MIGRATIONS_DIR)).filter(
+            lambda m: m.id < "0007")))
+    backend.connection.close()
+    conn = psycopg2.connect(fresh_database_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO notifications (recipient_id, event_id, event_type, title, body, priority, read_at)"
+                " SELECT 'u' || (g % 7), 'e' || g, 'E', 't', 'b', 'LOW', CASE WHEN g % 3 = 0 THEN now() END"
+                " FROM generate_series(1, 300) AS g")
+            cur.execute("INSERT INTO unread_counters (user_id, unread, version) SELECT recipient_id,"
+                        " count(*) FILTER (WHERE read_at IS NULL), 1 FROM notifications GROUP BY 1")
+
+            assert apply_migrations(fresh_database_url) == ["0007_inbox"]
+
+            cur.execute("SELECT user_id, unread, unseen FROM unread_counters ORDER BY 1")
+            after = cur.fetchall()
+            assert len(after) == 7 and all(unread == unseen > 0 for _, unread, unseen in after), after
+            cur.execute("SELECT count(*) FROM notifications WHERE seen_at IS NOT NULL OR archived_at IS NOT NULL")
+            assert cur.fetchone() == (0,)  # no row rewritten: read ones are seen by their read_at
+
+            cur.execute("DELETE FROM _yoyo_migration WHERE migration_id = '0007_inbox'")
+            assert apply_migrations(fresh_database_url) == ["0007_inbox"]
+
+            cur.execute("SELECT user_id, unread, unseen FROM unread_counters ORDER BY 1")
+            assert cur.fetchall() == after
+            cur.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'notifications'::regclass"
+                        " AND NOT indisvalid")
+            assert cur.fetchall() == []
+            cur.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'notifications'::regclass")
+            assert {name for (name,) in cur.fetchall()} >= {
+                "notifications_recipient_inbox", "notifications_recipient_counts", "notifications_archived_unread"}
+    finally:
+        conn.close()

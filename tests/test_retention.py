@@ -247,6 +247,50 @@ async def test_shorter_ages_delete_more(settings: Settings, db_pool: Any, db: Da
     assert seeded.unread_recent not in await remaining_ids(db_pool)
 
 
+# ---------------------------------------------------------------- archived notifications (issue 18)
+
+
+async def set_states(db_pool: Any, notification_id: str, *, archived_days_ago: float | None = None,
+                     seen: bool = False) -> None:
+    await execute(
+        db_pool,
+        "UPDATE notifications SET archived_at = CASE WHEN %s::float8 IS NULL THEN NULL"
+        " ELSE now() - make_interval(secs => %s * 86400) END, seen_at = CASE WHEN %s THEN created_at END"
+        " WHERE notification_id = %s",
+        (archived_days_ago, archived_days_ago, seen, notification_id),
+    )
+
+
+async def test_archived_notifications_never_read_go_read_days_after_they_were_archived(
+    settings: Settings, db_pool: Any, db: Database
+) -> None:
+    """Archiving is the other way of being done with a notification: an archived one that was never read
+    goes `read_days` after it was archived; a read one goes by its read_at as before; counts stay exact."""
+    archived_long_ago = await add_notification(db_pool, "alice", age_days=120)
+    await set_states(db_pool, archived_long_ago, archived_days_ago=100)  # due: archived > 90 days ago
+    archived_lately = await add_notification(db_pool, "alice", age_days=120)
+    await set_states(db_pool, archived_lately, archived_days_ago=10)  # kept
+    read_lately_archived_long_ago = await add_notification(db_pool, "alice", age_days=200, read_days_ago=5)
+    await set_states(db_pool, read_lately_archived_long_ago, archived_days_ago=150)  # kept: read 5 days ago
+    ancient_archived = await add_notification(db_pool, "alice", age_days=400)
+    await set_states(db_pool, ancient_archived, archived_days_ago=1)  # due by unread_days (created 400 days ago)
+    ancient_unseen = await add_notification(db_pool, "alice", age_days=400)  # due, counted: unread and unseen
+    ancient_seen = await add_notification(db_pool, "alice", age_days=400)  # due, counted: unread, seen
+    await set_states(db_pool, ancient_seen, seen=True)
+    recent = await add_notification(db_pool, "alice", age_days=1)
+    await recount(db_pool, version=5)
+    assert (await counters(db_pool))["alice"] == (3, 5)
+
+    assert await Pruner(db, settings.retention).count() == PruneResult(read=0, unread=3, archived=1, sessions=0,
+                                                                       dry_run=True)
+    assert await Pruner(db, settings.retention).prune() == PruneResult(read=0, unread=3, archived=1, sessions=0)
+
+    assert await remaining_ids(db_pool) == {archived_lately, read_lately_archived_long_ago, recent}
+    [(unread, unseen, version)] = await execute(
+        db_pool, "SELECT unread, unseen, version FROM unread_counters WHERE user_id = 'alice'")
+    assert (unread, unseen, version) == (1, 1, 6)  # the archived ones were counted nowhere
+
+
 # ---------------------------------------------------------------- unread counts stay exact
 
 
