@@ -5,7 +5,10 @@
  *   const client = new NotifyClient({
  *     onNotification(n) { ... },     // every new notification, in every tab (deduplicated per tab)
  *     onToast(n) { ... },            // once per notification across the tabs of this browser
- *     onUnreadCount(count) { ... },  // the server's unread count (stale versions dropped)
+ *     onUnreadCount(count, info) { ... },  // the server's unread count; info {unseen, version} (stale
+ *                                           // versions dropped); both count notifications not archived
+ *     onNotificationsUpdated(update) { ... },  // another tab (or this one) changed states:
+ *                                           // {notification_ids: [...], read?, seen?, archived?} (only what changed)
  *     onResync(info) { ... },        // refetch your list over REST: info.reason is "server" or "reconnect"
  *     onUnauthorized(info) { ... },  // close code 4001: the client stopped; sign in, then start() again
  *     onStatus(status, info) { ... } // "connecting" | "open" | "reconnecting" | "unauthorized" | "stopped"
@@ -49,10 +52,16 @@
  *
  * Methods:
  *   start(), stop()                            open / close (stop() cancels any pending reconnect)
- *   list({unreadOnly, limit, before})          -> {items, next_before}   GET  /api/notifications
+ *   list({read, seen, archived, eventType, priority, unreadOnly, limit, before})
+ *                                              -> {items, next_before}   GET  /api/notifications
+ *   counts({eventType, priority})              -> {unread, unseen, total} GET /api/notifications/counts
  *   unreadCount()                              -> number                 GET  /api/notifications/unread-count
- *   markRead(id)                               -> the item               POST /api/notifications/{id}/read
- *   markAllRead()                              -> {updated}              POST /api/notifications/read-all
+ *   markRead(id), markUnread(id), markSeen(id), archive(id), unarchive(id)
+ *                                              -> the item               POST /api/notifications/{id}/<action>
+ *   markAllRead(filter), markAllSeen(filter), archiveAll(filter)
+ *                                              -> {updated}              POST /api/notifications/read-all ...
+ *   bulk(action, ids)                          -> {updated}              POST /api/notifications/bulk
+ *   (filter: {read, seen, eventType, priority}, optional; eventType and priority: a string or a list)
  * REST failures reject with a NotifyApiError (status, code, message from {"error": {code, message}}).
  *
  * Reconnection, by close code:
@@ -84,7 +93,8 @@ const SERVER_CLOSE_CODES = new Set([
 ]);
 const WEBSOCKET = "websocket";
 const SSE = "sse";
-const SSE_EVENTS = ["unread_count", "notification", "resync"]; // named events, each the frame of that type
+// named events, each the frame of that type
+const SSE_EVENTS = ["unread_count", "notification", "notifications_updated", "resync"];
 
 /** What the server's refusal of an event stream means as a close code (EventSource does not tell). */
 function closeCodeOfStatus(status) {
@@ -148,6 +158,27 @@ function jwtExpiryMs(token) {
   }
 }
 
+/** The query of a filter: read, seen (booleans); eventType, priority (a string "A,B" or a list). */
+function filterQuery({ read, seen, eventType, priority } = {}) {
+  const query = new URLSearchParams();
+  if (read != null) query.set("read", String(Boolean(read)));
+  if (seen != null) query.set("seen", String(Boolean(seen)));
+  if (eventType != null && eventType.length) query.set("event_type", [].concat(eventType).join(","));
+  if (priority != null && priority.length) query.set("priority", [].concat(priority).join(","));
+  return query;
+}
+
+/** The body of the *-all actions: {filter: {read, seen, event_type, priority}}, or none. */
+function filterBody(filter) {
+  if (!filter) return undefined;
+  const out = {};
+  if (filter.read != null) out.read = Boolean(filter.read);
+  if (filter.seen != null) out.seen = Boolean(filter.seen);
+  if (filter.eventType != null) out.event_type = [].concat(filter.eventType);
+  if (filter.priority != null) out.priority = [].concat(filter.priority);
+  return { filter: out };
+}
+
 function randomId() {
   if (globalThis.crypto && crypto.randomUUID) return crypto.randomUUID();
   return Math.random().toString(36).slice(2) + Date.now().toString(36);
@@ -189,6 +220,7 @@ export class NotifyClient {
     this.onNotification = o.onNotification || noop;
     this.onToast = o.onToast || noop;
     this.onUnreadCount = o.onUnreadCount || noop;
+    this.onNotificationsUpdated = o.onNotificationsUpdated || noop;
     this.onResync = o.onResync || noop;
     this.onUnauthorized = o.onUnauthorized || noop;
     this.onStatus = o.onStatus || noop;
@@ -211,6 +243,7 @@ export class NotifyClient {
     this._lastId = o.since || null;
     this._lastAt = 0; // created_at (ms) of _lastId, so a late, older item never moves `since` back
     this._lastVersion = null;
+    this._versionBeforeDrop = null; // the newest count version the previous connection got
     this._channel = null;
     this._credential = null; // from getToken(): {token, expMs} (expMs null when unknown)
     this._refreshTimer = null;
@@ -273,17 +306,24 @@ export class NotifyClient {
 
   // ------------------------------------------------------------------ REST
 
-  async list({ unreadOnly = false, limit, before } = {}) {
-    const query = new URLSearchParams();
+  async list({ read, seen, archived, eventType, priority, unreadOnly = false, limit, before } = {}) {
+    const query = filterQuery({ read, seen, eventType, priority });
+    if (archived != null) query.set("archived", String(archived)); // false (default) | true | "all"
     if (unreadOnly) query.set("unread_only", "true");
     if (limit != null) query.set("limit", String(limit));
     if (before) query.set("before", before);
     const qs = query.toString();
     const page = await this._request("GET", `/api/notifications${qs ? "?" + qs : ""}`);
     for (const item of page.items || []) this._seen.add(item.notification_id);
-    // The first page of everything holds the newest notification: a good `since` for the next connect.
-    if (!unreadOnly && !before && page.items && page.items.length) this._remember(page.items[0]);
+    // The first page of the inbox holds the newest notification (unless archived): a good `since`.
+    if (!qs.replace(/(^|&)limit=\d+/, "") && page.items && page.items.length) this._remember(page.items[0]);
     return page;
+  }
+
+  /** {unread, unseen, total} of the notifications not archived (of these types and priorities). */
+  async counts({ eventType, priority } = {}) {
+    const qs = filterQuery({ eventType, priority }).toString();
+    return this._request("GET", `/api/notifications/counts${qs ? "?" + qs : ""}`);
   }
 
   async unreadCount() {
@@ -292,38 +332,75 @@ export class NotifyClient {
   }
 
   async markRead(id) {
-    return this._request("POST", `/api/notifications/${encodeURIComponent(id)}/read`);
+    return this._act(id, "read");
   }
 
-  async markAllRead() {
-    return this._request("POST", "/api/notifications/read-all");
+  async markUnread(id) {
+    return this._act(id, "unread");
   }
 
-  async _request(method, path, retried = false) {
+  async markSeen(id) {
+    return this._act(id, "seen");
+  }
+
+  async archive(id) {
+    return this._act(id, "archive");
+  }
+
+  async unarchive(id) {
+    return this._act(id, "unarchive");
+  }
+
+  /** Every notification not archived (that `filter` matches) read; no filter: all of them. */
+  async markAllRead(filter) {
+    return this._request("POST", "/api/notifications/read-all", filterBody(filter));
+  }
+
+  /** Opening the bell: every notification not archived (that `filter` matches) seen. */
+  async markAllSeen(filter) {
+    return this._request("POST", "/api/notifications/seen-all", filterBody(filter));
+  }
+
+  async archiveAll(filter) {
+    return this._request("POST", "/api/notifications/archive-all", filterBody(filter));
+  }
+
+  /** One action ("read", "unread", "seen", "archive", "unarchive") on up to 1,000 ids. */
+  async bulk(action, ids) {
+    return this._request("POST", "/api/notifications/bulk", { action, notification_ids: [...ids] });
+  }
+
+  async _act(id, action) {
+    return this._request("POST", `/api/notifications/${encodeURIComponent(id)}/${action}`);
+  }
+
+  async _request(method, path, body, retried = false) {
     const headers = { Accept: "application/json" };
     const token = await this._currentToken();
     if (token) headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(this.options.apiBase + path, {
       method,
       headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
       credentials: this.options.apiBase ? "include" : "same-origin",
       cache: "no-store",
     });
     if (response.status === 401 && this.options.getToken && !retried) {
       this._credential = null; // ran out meanwhile: ask for a fresh one, once
-      return this._request(method, path, true);
+      return this._request(method, path, body, true);
     }
-    let body = null;
+    let answer = null;
     try {
-      body = await response.json();
+      answer = await response.json();
     } catch (_) {
-      body = null;
+      answer = null;
     }
     if (!response.ok) {
-      const error = (body && body.error) || {};
+      const error = (answer && answer.error) || {};
       throw new NotifyApiError(response.status, error.code, error.message || response.statusText);
     }
-    return body;
+    return answer;
   }
 
   // ------------------------------------------------------------- WebSocket
@@ -683,7 +760,11 @@ export class NotifyClient {
     this._connects += 1;
     this._retriedUnauthorized = false;
     this._scheduleRefresh();
-    this._lastVersion = null; // the first count of a connection is read fresh: always taken
+    // The first count of a connection is read fresh: always taken. Kept aside: a reconnect whose first
+    // count is newer than the last one the previous connection got missed a change (see _onMessage).
+    if (this._lastVersion !== null) this._versionBeforeDrop = this._lastVersion;
+    conn.checkMissed = this._connects > 1 && resumed && !replacing;
+    this._lastVersion = null;
     if (announce) this._setStatus("open", { transport: conn.kind });
     const resync = this.options.resyncOnReconnect;
     if (!replacing && this._connects > 1 && (resync === true || (resync === "auto" && !resumed))) {
@@ -843,9 +924,21 @@ export class NotifyClient {
     } else if (frame.type === "unread_count") {
       if (typeof data.version === "number") {
         if (this._lastVersion !== null && data.version < this._lastVersion) return; // stale
+        const first = this._lastVersion === null;
         this._lastVersion = data.version;
+        const conn = this._conn;
+        if (first && conn && conn.checkMissed) {
+          conn.checkMissed = false;
+          // A reconnect with ?since= gets the notifications it missed replayed, but not the states changed
+          // meanwhile (read, seen, archived in another tab): a count version that moved on says something
+          // changed while away, so the page refetches (once) rather than trusting its list.
+          const before = this._versionBeforeDrop;
+          if (before !== null && data.version > before) this._safe(this.onResync, { reason: "reconnect" });
+        }
       }
-      this._safe(this.onUnreadCount, data.count);
+      this._safe(this.onUnreadCount, data.count, { unseen: data.unseen, version: data.version });
+    } else if (frame.type === "notifications_updated") {
+      if (Array.isArray(data.notification_ids)) this._safe(this.onNotificationsUpdated, data);
     } else if (frame.type === "resync") {
       this._safe(this.onResync, { reason: "server" });
     } else if (frame.type === "refreshed") {

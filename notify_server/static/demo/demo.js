@@ -11,7 +11,7 @@ const state = {
   client: null,
   items: new Map(), // notification_id -> item, rendered newest first
   nextBefore: null,
-  unreadOnly: false,
+  tab: "all", // the inbox's tab: "unread", "all" (not archived) or "archived"
   templates: {},
 };
 
@@ -86,26 +86,54 @@ function showStatus(status, info = {}) {
   transport.textContent = kind ? TRANSPORT_TEXT[kind] || kind : "";
 }
 
-function showCount(count) {
+// The bell's badge counts what is new since the bell was last opened (unseen); the Unread tab, what is
+// not read yet. Both leave archived notifications out.
+function showCount(count, unseen = count) {
   const badge = $("badge");
-  badge.textContent = count > 99 ? "99+" : String(count);
-  badge.dataset.count = String(count);
-  badge.hidden = !(count > 0);
-  document.title = count > 0 ? `(${count}) notify-server demo` : "notify-server demo";
+  badge.textContent = unseen > 99 ? "99+" : String(unseen);
+  badge.dataset.count = String(unseen);
+  badge.hidden = !(unseen > 0);
+  const unread = $("unread-count");
+  unread.textContent = count > 99 ? "99+" : String(count);
+  unread.dataset.count = String(count);
+  document.title = unseen > 0 ? `(${unseen}) notify-server demo` : "notify-server demo";
 }
 
 // ---------------------------------------------------------------- list
+
+function act(promise, what) {
+  promise.then((updated) => upsert(updated), (error) => flash(`Could not ${what}: ${error.message}`));
+}
 
 function renderItem(item) {
   const li = el("li", "item");
   li.dataset.id = item.notification_id;
   li.dataset.priority = item.priority || "NORMAL";
   li.classList.toggle("unread", !item.read_at);
+  li.classList.toggle("archived", Boolean(item.archived_at));
   li.tabIndex = 0;
   li.title = item.read_at ? "read" : "click to mark read";
 
   const head = el("div", "item-head");
   head.append(el("span", "title", item.title), el("span", `prio prio-${(item.priority || "").toLowerCase()}`, item.priority));
+  const actions = el("span", "item-actions");
+  const id = item.notification_id;
+  const readButton = el("button", "mark-unread", item.read_at ? "Mark unread" : "Mark read");
+  readButton.type = "button";
+  readButton.addEventListener("click", (event) => {
+    event.stopPropagation();
+    if (item.read_at) act(state.client.markUnread(id), "mark unread");
+    else act(state.client.markRead(id), "mark read");
+  });
+  const archiveButton = el("button", "archive", item.archived_at ? "Unarchive" : "Archive");
+  archiveButton.type = "button";
+  archiveButton.addEventListener("click", (event) => {
+    event.stopPropagation();
+    if (item.archived_at) act(state.client.unarchive(id), "unarchive");
+    else act(state.client.archive(id), "archive");
+  });
+  actions.append(readButton, archiveButton);
+  head.append(actions);
   li.append(head, el("p", "body", item.body));
   const meta = el("div", "meta muted");
   meta.append(el("span", null, item.event_type), el("span", null, timeAgo(item.created_at)));
@@ -114,14 +142,11 @@ function renderItem(item) {
 
   const markRead = () => {
     if (item.read_at) return;
-    state.client.markRead(item.notification_id).then(
-      (updated) => upsert(updated),
-      (error) => flash(`Could not mark read: ${error.message}`),
-    );
+    act(state.client.markRead(id), "mark read");
   };
   li.addEventListener("click", markRead);
   li.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" || event.key === " ") {
+    if (event.target === li && (event.key === "Enter" || event.key === " ")) {
       event.preventDefault();
       markRead();
     }
@@ -129,14 +154,24 @@ function renderItem(item) {
   return li;
 }
 
+function inTab(item) {
+  if (state.tab === "archived") return Boolean(item.archived_at);
+  if (item.archived_at) return false;
+  return state.tab !== "unread" || !item.read_at;
+}
+
 function renderList() {
   const list = $("list");
   const items = [...state.items.values()]
-    .filter((item) => !state.unreadOnly || !item.read_at)
+    .filter(inTab)
     .sort((a, b) => (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : 0));
   list.replaceChildren(...items.map(renderItem));
   $("empty").hidden = items.length > 0;
+  $("empty").textContent = state.tab === "archived" ? "Nothing archived." : "No notifications yet. Emit one with the form.";
   $("more").hidden = !state.nextBefore;
+  for (const tab of document.querySelectorAll("#tabs .tab")) {
+    tab.setAttribute("aria-selected", String(tab.dataset.tab === state.tab));
+  }
 }
 
 function upsert(item) {
@@ -144,16 +179,44 @@ function upsert(item) {
   renderList();
 }
 
+const TAB_QUERY = { unread: { read: false }, all: {}, archived: { archived: true } };
+
+let listRequests = 0;
+
 async function loadList({ append = false } = {}) {
+  const request = ++listRequests;
   const page = await state.client.list({
-    unreadOnly: state.unreadOnly,
+    ...TAB_QUERY[state.tab],
     limit: PAGE_SIZE,
     before: append ? state.nextBefore : undefined,
   });
+  // An older request answering after a newer one (a tab switched, a refetch after an update) is stale.
+  if (request !== listRequests) return;
   if (!append) state.items.clear();
   for (const item of page.items) state.items.set(item.notification_id, item);
   state.nextBefore = page.next_before;
   renderList();
+}
+
+// Another tab (or this one) changed states: apply them to what this tab shows, without a refetch.
+function applyUpdate(update) {
+  const now = new Date().toISOString();
+  let unknown = false;
+  for (const id of update.notification_ids) {
+    const item = state.items.get(id);
+    if (!item) {
+      unknown = true;
+      continue;
+    }
+    if (update.read === true) item.read_at = item.read_at || now;
+    if (update.read === false) item.read_at = null;
+    if (update.seen === true) item.seen_at = item.seen_at || now;
+    if (update.archived === true) item.archived_at = item.archived_at || now;
+    if (update.archived === false) item.archived_at = null;
+  }
+  renderList();
+  // One this tab does not hold came into its view (unarchived, or marked unread): fetch the page again.
+  if (unknown && (update.archived === false || update.read === false || state.tab === "archived")) refreshListSoon();
 }
 
 let refreshTimer = null;
@@ -196,13 +259,9 @@ function startClient() {
   if (state.client) state.client.stop();
   state.client = new NotifyClient({
     onStatus: showStatus,
-    onUnreadCount: (count) => {
-      showCount(count);
-      // Read in another tab or device: the server's count fell below what this list shows unread.
-      const shownUnread = [...state.items.values()].filter((item) => !item.read_at).length;
-      if (count < shownUnread) refreshListSoon();
-    },
-    onNotification: (n) => upsert({ ...n, read_at: null }),
+    onUnreadCount: (count, info) => showCount(count, info && typeof info.unseen === "number" ? info.unseen : count),
+    onNotificationsUpdated: applyUpdate,
+    onNotification: (n) => upsert({ ...n, read_at: null, seen_at: null, archived_at: null }),
     onToast: toast,
     onResync: refresh,
     onUnauthorized: () => signedOut("Your session ended. Sign in again."),
@@ -332,19 +391,23 @@ async function main() {
   $("emit-form").addEventListener("submit", emit);
   $("emit-type").addEventListener("change", showTemplate);
   $("mark-all").addEventListener("click", () => {
-    state.client.markAllRead().then(() => {
-      for (const item of state.items.values()) if (!item.read_at) item.read_at = new Date().toISOString();
-      renderList();
-    }, (error) => flash(`Could not mark all read: ${error.message}`));
+    // Every tab (this one too) hears which ones changed: notifications_updated.
+    state.client.markAllRead().catch((error) => flash(`Could not mark all read: ${error.message}`));
   });
   $("more").addEventListener("click", () => loadList({ append: true }).catch((error) => flash(error.message)));
-  $("unread-only").addEventListener("change", (event) => {
-    state.unreadOnly = event.target.checked;
-    loadList().catch((error) => flash(error.message));
-  });
+  for (const tab of document.querySelectorAll("#tabs .tab")) {
+    tab.addEventListener("click", () => {
+      state.tab = tab.dataset.tab;
+      state.nextBefore = null;
+      renderList();
+      if (state.client) loadList().catch((error) => flash(error.message));
+    });
+  }
+  // Opening the bell: everything in the inbox is seen, so the badge clears here and in every other tab.
   $("bell").addEventListener("click", () => {
-    $("unread-only").checked = state.unreadOnly = !state.unreadOnly;
-    if (state.client) loadList().catch((error) => flash(error.message));
+    if (!state.client) return;
+    $("inbox").scrollIntoView({ block: "nearest" });
+    state.client.markAllSeen().catch((error) => flash(`Could not mark seen: ${error.message}`));
   });
   setInterval(() => state.items.size && renderList(), 30000); // keep "x min ago" fresh
 
