@@ -7,6 +7,9 @@ never ends gets through. The stream carries the WebSocket's frames as SSE events
     data: {"count": 5, ...}        id: <notification_id>           data: {}
                                    data: {the eight keys}
 
+    event: notifications_updated   (issue 18: states changed, in any tab; only the changed flags)
+    data: {"notification_ids": [...], "archived": true}
+
 authenticated like the WebSocket (cookie `session_id`, `?token=`, every `auth.methods` method; 401 with
 the JSON error shape otherwise, 403 for a foreign Origin), registered in the same connection map (so
 it shares the per-connection send queue and its 4008 rule, `limits.max_connections_per_user`,
