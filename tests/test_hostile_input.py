@@ -672,7 +672,8 @@ BODIES: dict[str, tuple[dict[str, Any], set[int]]] = {
 }
 
 
-@pytest.mark.parametrize("path", ["/api/notifications/read-all", "/api/notifications/{id}/read"])
+@pytest.mark.parametrize("path", ["/api/notifications/read-all", "/api/notifications/{id}/read",
+                                  "/api/notifications/archive-all", "/api/notifications/{id}/unarchive"])
 @pytest.mark.parametrize("body", list(BODIES))
 async def test_bad_and_oversized_bodies_never_get_a_5xx(
     node: Node, sessions: SessionStore, path: str, body: str
