@@ -39,9 +39,9 @@ from redis.asyncio import Redis
 
 from notify_server.core.settings import Settings
 from notify_server.storage.sessions import SessionStore
-from tests.helpers import arq_job_ctx
+from tests.helpers import process_one, worker_context
 from tests.processes import REPO_ROOT, Process, free_port
-from workers.jobs import process_event
+from workers.context import WorkerContext
 
 MAX_FRAME_BYTES = 4096  # config.yaml's websocket.max_frame_bytes
 REQUEST_MAX_BYTES = 16384  # config.yaml's limits.request_max_bytes
@@ -408,9 +408,9 @@ async def test_a_flood_of_ten_thousand_small_frames_leaves_other_users_unaffecte
 
 
 @pytest.fixture
-async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    """The ctx arq's own Worker hands `process_event`."""
-    async with arq_job_ctx(settings) as job_ctx:
+async def ctx(settings: Settings) -> AsyncIterator[WorkerContext]:
+    """What the worker's pipeline runs with."""
+    async with worker_context(settings) as job_ctx:
         yield job_ctx
 
 
@@ -543,11 +543,11 @@ def _rows(database_url: str, event_id: str) -> list[tuple[Any, ...]]:
 @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=events())
 async def test_adversarial_events_are_rejected_with_a_reason_or_stored_literally(
-    ctx: dict[str, Any], settings: Settings, raw: Any
+    ctx: WorkerContext, settings: Settings, raw: Any
 ) -> None:
-    """process_event never raises (a Retry would mean a fault; none is injected here): each event is
+    """The pipeline never raises (StoreUnavailable would mean a fault; none is injected here): each event is
     rejected with a reason, or stored with its values inserted literally (no template evaluation)."""
-    result = await process_event(ctx, raw)
+    result = await process_one(ctx, raw)
 
     assert isinstance(result, dict) and result.get("status") in ("rejected", "stored"), result
     event_id = raw.get("event_id") if isinstance(raw, dict) else None
@@ -918,7 +918,7 @@ BAD_ENV: list[tuple[str, str, str]] = [
     ("NOTIFY_PRESENCE_TTL_S", "2.5", "presence.ttl_s"),
     ("NOTIFY_PRESENCE_REFRESH_INTERVAL_S", "-1", "presence.refresh_interval_s"),
     ("NOTIFY_RECOVERY_MAX_REPLAY", "-1", "recovery.max_replay"), ("NOTIFY_WORKER_POLL_DELAY_S", "0", "worker.poll_delay_s"),
-    ("NOTIFY_WORKER_MAX_JOBS", "0", "worker.max_jobs"), ("NOTIFY_WORKER_JOB_TIMEOUT_S", "0", "worker.job_timeout_s"),
+    ("NOTIFY_WORKER_JOB_TIMEOUT_S", "0", "worker.job_timeout_s"),
     ("NOTIFY_WORKER_MAX_TRIES", "0", "worker.max_tries"),
     ("NOTIFY_WORKER_RETRY_BACKOFF_MAX_S", "0", "worker.retry_backoff_max_s"),
     ("NOTIFY_WORKER_METRICS_PORT", "70000", "worker.metrics_port"), ("NOTIFY_LOG_LEVEL", "LOUD", "log.level"),

@@ -221,7 +221,6 @@ class RetentionSettings:
 class WorkerSettingsConfig:
     poll_delay_s: float = setting(0.25, validate=_positive)
     batch_max: int = setting(200, validate=validate.Range(min=1, max=5000))
-    max_jobs: int = setting(50, validate=validate.Range(min=1))
     job_timeout_s: float = setting(60.0, validate=_positive)
     max_tries: int = setting(20, validate=validate.Range(min=1))
     retry_backoff_max_s: float = setting(60.0, validate=_positive)

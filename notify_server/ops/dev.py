@@ -15,26 +15,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
 
 from aiohttp import web
 
 from notify_server.core.settings import ConfigError, Settings
 from notify_server.ops.embedded import EmbeddedUnavailable, embedded_postgres, embedded_redis
+from notify_server.ops.worker_program import InProcessWorker
 from notify_server.storage.migrations import apply_migrations
 from notify_server.web.app import create_app
 from notify_server.web.demo import add_demo_routes
 
-
-class Worker(Protocol):
-    """What dev runs beside the node: `notify-server worker`'s consumer (the CLI passes its factory)."""
-
-    async def main(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-WorkerFactory = Callable[[Settings], Worker]
+WorkerFactory = Callable[[Settings], InProcessWorker]  # the worker program's in_process
 LOOPBACK_HOSTS = frozenset(("127.0.0.1", "localhost", "::1"))
 
 logger = logging.getLogger("notify.dev")
