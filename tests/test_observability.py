@@ -153,3 +153,23 @@ async def test_worker_serves_its_metrics_on_its_own_port(settings: Settings, red
         worker.stop()
         await running
         await worker.close()
+
+
+async def test_client_chosen_close_codes_share_one_disconnect_label(
+    settings: Settings, aiohttp_client, sessions: SessionStore
+) -> None:
+    """A client picks its close code (any of 3000-65535): the metric must not grow a series per code."""
+    client = await aiohttp_client(create_app(settings, node_id="labels-node"))
+    token = (await sessions.create("alice", 60)).token
+    for code in (3000, 3456, 4999, 5000, 65535):
+        ws = await client.ws_connect("/ws/notifications", params={"token": token})
+        await ws.receive_json(timeout=5)
+        await ws.close(code=code)
+    for _ in range(100):
+        after = await metrics_of(client)
+        if after.get("notify_disconnects_total{code=other}") == 5:
+            break
+        await asyncio.sleep(0.02)
+
+    disconnects = {name: value for name, value in after.items() if name.startswith("notify_disconnects_total")}
+    assert disconnects == {"notify_disconnects_total{code=other}": 5}, disconnects

@@ -152,6 +152,6 @@ async def notifications_sse(request: web.Request) -> web.StreamResponse:
     finally:
         state = manager.state_of(stream)
         code = (state.close_code if state else None) or stream.close_code or CLOSE_ABNORMAL
-        metrics.disconnects.labels(str(code)).inc()
+        metrics.disconnected(code)
         await manager.remove_connection(identity.user_id, stream)
     return response

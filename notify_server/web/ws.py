@@ -86,18 +86,18 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
             raise
         if not isinstance(exc, AuthUnavailable):
             logger.warning("session store unreachable (%s): closing with %d", describe(exc), CLOSE_TRY_AGAIN)
-        metrics.disconnects.labels(str(CLOSE_TRY_AGAIN)).inc()
+        metrics.disconnected(CLOSE_TRY_AGAIN)
         await ws.close(code=CLOSE_TRY_AGAIN, message=b"try again later")
         return ws
     if identity is None:
         metrics.auth_failures.labels("websocket").inc()
-        metrics.disconnects.labels(str(CLOSE_UNAUTHORIZED)).inc()
+        metrics.disconnected(CLOSE_UNAUTHORIZED)
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
 
     manager = app[appkeys.MANAGER]
     if manager.count(identity.user_id) >= settings.limits.max_connections_per_user:
-        metrics.disconnects.labels(str(CLOSE_TOO_MANY_CONNECTIONS)).inc()
+        metrics.disconnected(CLOSE_TOO_MANY_CONNECTIONS)
         await ws.close(code=CLOSE_TOO_MANY_CONNECTIONS, message=b"too many connections")
         return ws
 
@@ -135,6 +135,6 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
     finally:
         state = manager.state_of(ws)
         code = closed_with or (state.close_code if state else None) or ws.close_code or CLOSE_ABNORMAL
-        metrics.disconnects.labels(str(code)).inc()
+        metrics.disconnected(code)
         await manager.remove_connection(identity.user_id, ws)
     return ws
