@@ -51,6 +51,7 @@ _STATUS_CODES = {
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_KEPT_ERROR_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
@@ -72,7 +73,11 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_error(exc.status, _STATUS_CODES.get(exc.status, "error"), exc.reason)
+        response = json_error(exc.status, _STATUS_CODES.get(exc.status, "error"), exc.reason)
+        # What the status needs beside the body: RFC 9110 requires Allow on a 405 (aiohttp sets it on the
+        # exception); Retry-After and WWW-Authenticate where a handler set them.
+        response.headers.update({name: exc.headers[name] for name in _KEPT_ERROR_HEADERS if name in exc.headers})
+        return response
     except asyncio.CancelledError:
         raise
     except Exception as exc:
