@@ -173,3 +173,14 @@ async def test_client_chosen_close_codes_share_one_disconnect_label(
 
     disconnects = {name: value for name, value in after.items() if name.startswith("notify_disconnects_total")}
     assert disconnects == {"notify_disconnects_total{code=other}": 5}, disconnects
+
+
+def test_a_token_parameter_whose_name_is_percent_encoded_is_redacted() -> None:
+    """aiohttp decodes parameter names (`?%74oken=` is `?token=`) and authenticates with them."""
+    for query in ("%74oken=SECRET1", "t%6Fken=SECRET1", "%74%6F%6B%65%6E=SECRET1", "since=9&%54OKEN=SECRET1",
+                  "tok%65n=SECRET1&since=9", "%73ession_id=SECRET1"):
+        line = f'127.0.0.1 "GET /ws/notifications?{query} HTTP/1.1" 101 0'
+        assert "SECRET1" not in redact(line), query
+        assert "[redacted]" in redact(line), query
+    kept = '127.0.0.1 "GET /api/notifications?before=%41bc&limit=5 HTTP/1.1" 200 10'
+    assert redact(kept) == kept

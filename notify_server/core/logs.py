@@ -6,6 +6,7 @@ import logging
 import re
 import sys
 import time
+import urllib.parse
 
 import orjson
 
@@ -18,7 +19,20 @@ _SECRET = re.compile(
 )
 
 
+# A query parameter whose name is percent-encoded: aiohttp decodes names (`?%74oken=` and `?t%6Fken=` are
+# `?token=`) and authenticates with them, so such a parameter is redacted by its decoded name.
+_ENCODED_PARAM = re.compile(r"([?&;][^=&\s]*%[0-9A-Fa-f]{2}[^=&\s]*=)([^&\s]+)")
+_SECRET_PARAMS = frozenset(("token", "session_id"))
+
+
+def _redact_encoded_param(match: re.Match[str]) -> str:
+    name = urllib.parse.unquote_plus(match.group(1)[1:-1])
+    return match.group(1) + "[redacted]" if name.strip().lower() in _SECRET_PARAMS else match.group(0)
+
+
 def redact(text: str) -> str:
+    if "%" in text:
+        text = _ENCODED_PARAM.sub(_redact_encoded_param, text)
     return _SECRET.sub(lambda m: (m.group(1) or m.group(2) or m.group(3) or m.group(4)) + "[redacted]", text)
 
 
