@@ -40,7 +40,7 @@ class WebApp:
 
     sessions: dict[str, tuple[str, dt.datetime | None]] = dataclasses.field(default_factory=dict)
     calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    answer: str = "contract"  # or: 500, redirect, not-json, no-user, slow
+    answer: str = "contract"  # or: 500, redirect, not-json, no-user, past-the-last-date, slow
 
     def sign_in(self, value: str, user_id: str, expires_in_s: float | None = 3600) -> None:
         expires_at = None if expires_in_s is None else dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_in_s)
@@ -58,6 +58,8 @@ class WebApp:
             return web.Response(text="<html>welcome</html>", content_type="text/html")
         if self.answer == "no-user":
             return web.json_response({"name": "alice"})
+        if self.answer == "past-the-last-date":  # 9999-12-31 23:59 at UTC-1 is in the year 10000 at UTC
+            return web.json_response({"user_id": "alice", "expires_at": "9999-12-31T23:59:59-01:00"})
         if self.answer == "slow":
             await asyncio.sleep(1)
         scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
@@ -172,7 +174,7 @@ async def test_an_app_that_cannot_tell_is_1013_and_503(
     app, _ = webapp
     app.sign_in("c-alice", "alice")
     caplog.set_level(logging.WARNING, logger="notify.auth")
-    for answer in ("500", "redirect", "not-json", "no-user", "slow"):
+    for answer in ("500", "redirect", "not-json", "no-user", "past-the-last-date", "slow"):
         app.answer = answer
         caplog.clear()
 

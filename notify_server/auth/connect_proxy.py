@@ -125,7 +125,10 @@ def _identity(body: bytes, forwarded: ForwardedHeaders) -> Identity:
         raise ProxyUnavailable("the app's answer is unusable: user_id is blank or holds NUL")
     expires_at: dt.datetime | None = answer["expires_at"]
     if expires_at is not None:
-        expires_at = expires_at.astimezone(dt.UTC)
+        try:
+            expires_at = expires_at.astimezone(dt.UTC)
+        except OverflowError:  # 9999-12-31T23:59:59-01:00 is past the last date a datetime holds
+            raise ProxyUnavailable("the app's answer is unusable: expires_at out of range") from None
         if expires_at <= dt.datetime.now(dt.UTC):
             raise ProxyRefused("the app answered an expires_at in the past")
     return Identity(user_id=user_id, method=PROXY, expires_at=expires_at, forwarded=forwarded)
