@@ -184,3 +184,24 @@ def test_a_token_parameter_whose_name_is_percent_encoded_is_redacted() -> None:
         assert "[redacted]" in redact(line), query
     kept = '127.0.0.1 "GET /api/notifications?before=%41bc&limit=5 HTTP/1.1" 200 10'
     assert redact(kept) == kept
+
+
+def test_a_log_message_stays_on_one_line_whatever_its_values_hold() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(RedactingFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s")))
+    logger = logging.getLogger("notify.test.lines")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("event rejected reason=%s", "x\nERROR notify.fake: forged\r\x1b[2J\u2028end")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed on %s", "a\nb")
+    finally:
+        logger.removeHandler(handler)
+    first, second, *traceback = stream.getvalue().splitlines()
+    assert first == "WARNING notify.test.lines: event rejected reason=x\\nERROR notify.fake: forged\\r\\x1b[2J\\u2028end"
+    assert second == "ERROR notify.test.lines: failed on a\\nb"
+    assert traceback[0] == "Traceback (most recent call last):"  # tracebacks keep their lines
