@@ -35,6 +35,14 @@ class ProxyUnavailable(Exception):
     """The app could not tell now; the message says why, for the log."""
 
 
+class ProxyBusy(ProxyUnavailable):
+    """The app was not asked: this node's budget of calls to it is spent for now (auth.proxy_node_*)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class _AnswerSchema(Schema):
     class Meta:
         unknown = EXCLUDE  # the app may say more than we need

@@ -61,12 +61,17 @@ class ServerMetrics:
         )
         self.loop_restarts = _loop_restarts(self.registry)
         self.refreshes = Counter(
-            "notify_auth_refreshes", "In-band refresh frames, by result (ok, unauthorized, unavailable)",
+            "notify_auth_refreshes", "In-band refresh frames, by result (ok, unauthorized, unavailable, limited)",
             ["result"], registry=self.registry,
         )
         self.published = Counter(
             "notify_published_events", "Events sent to the HTTP publish API, by result (queued, duplicate, rejected)",
             ["status"], registry=self.registry,
+        )
+
+        self.rate_limited = Counter(
+            "notify_rate_limited", "Attempts refused by a rate limit, by limit (refresh, proxy_client, proxy_node)",
+            ["limit"], registry=self.registry,
         )
 
     def disconnected(self, code: int) -> None:

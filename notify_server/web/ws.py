@@ -7,9 +7,22 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from notify_server.auth.authenticator import SESSION_COOKIE, WEBSOCKET, AuthUnavailable, websocket_credentials
+from notify_server.auth.authenticator import (
+    SESSION_COOKIE,
+    WEBSOCKET,
+    AuthUnavailable,
+    TooManyAttempts,
+    websocket_credentials,
+)
 from notify_server.auth.origins import origin_allowed
-from notify_server.core.constants import CLOSE_ABNORMAL, CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
+from notify_server.core.constants import (
+    CLOSE_ABNORMAL,
+    CLOSE_TOO_MANY_ATTEMPTS,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNAUTHORIZED,
+)
+from notify_server.core.ratelimit import TokenBucket
 from notify_server.core.stores import describe, unavailable
 from notify_server.storage.notifications import NotificationRepository, UnknownCursor
 from notify_server.transport.connections import WebSocketLike
@@ -22,7 +35,9 @@ logger = logging.getLogger("notify.ws")
 __all__ = ["SESSION_COOKIE", "notifications_ws"]
 
 CLOSE_HANDSHAKE_TIMEOUT_S = 3.0
-_CLOSE_MESSAGES = {CLOSE_UNAUTHORIZED: b"unauthorized", CLOSE_TRY_AGAIN: b"try again later"}
+_CLOSE_MESSAGES = {CLOSE_UNAUTHORIZED: b"unauthorized", CLOSE_TRY_AGAIN: b"try again later",
+                   CLOSE_TOO_MANY_ATTEMPTS: b"too many attempts"}
+REFRESH_LIMIT = "refresh"
 
 
 async def send_first_frames(
@@ -81,6 +96,10 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
         identity = await authenticator.authenticate(
             websocket_credentials(request, authenticator.cookie_names), WEBSOCKET
         )
+    except TooManyAttempts:
+        metrics.disconnected(CLOSE_TOO_MANY_ATTEMPTS)
+        await ws.close(code=CLOSE_TOO_MANY_ATTEMPTS, message=b"too many attempts")
+        return ws
     except Exception as exc:
         if not (isinstance(exc, AuthUnavailable) or unavailable(exc)):
             raise
@@ -104,6 +123,7 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
     # Registered (and present) before anything is read from the store, so nothing stored from now on
     # is missed; frames pushed meanwhile wait behind the first frames (count, then any catch-up).
     closed_with: int | None = None
+    refreshes: TokenBucket | None = None  # made at the socket's first refresh frame (most never send one)
     try:
         await manager.register_connection(identity.user_id, ws, session_hash=identity.session_hash, hold=True,
                                           transport=request.transport, identity=identity)
@@ -127,7 +147,16 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
             elif message.type is WSMsgType.ERROR:
                 break
             elif message.type is WSMsgType.TEXT and (token := refresh_token(message.data)) is not None:
-                closed_with = await handle_refresh(app, ws, identity.user_id, token)
+                if refreshes is None:
+                    limits = settings.websocket
+                    refreshes = TokenBucket(limits.refresh_burst, 1.0 / limits.refresh_interval_s)
+                if refreshes.take():
+                    closed_with = await handle_refresh(app, ws, identity.user_id, token, request.remote)
+                else:
+                    logger.info("refresh refused: over websocket.refresh_*; closing with %d", CLOSE_TOO_MANY_ATTEMPTS)
+                    metrics.rate_limited.labels(REFRESH_LIMIT).inc()
+                    metrics.refreshes.labels("limited").inc()
+                    closed_with = CLOSE_TOO_MANY_ATTEMPTS
                 if closed_with is not None:
                     await ws.close(code=closed_with, message=_CLOSE_MESSAGES[closed_with])
                     break
