@@ -25,12 +25,12 @@ import random
 import orjson
 from aiohttp import web
 
-from notify_server.auth.authenticator import AuthUnavailable, websocket_credentials
+from notify_server.auth.authenticator import AuthUnavailable, TooManyAttempts, websocket_credentials
 from notify_server.auth.origins import origin_allowed
 from notify_server.core.constants import CLOSE_ABNORMAL, CLOSE_TRY_AGAIN
 from notify_server.core.stores import describe, unavailable
 from notify_server.web import appkeys
-from notify_server.web.api import json_error
+from notify_server.web.api import json_error, retry_after
 from notify_server.web.ws import send_first_frames
 
 logger = logging.getLogger("notify.sse")
@@ -113,11 +113,15 @@ async def notifications_sse(request: web.Request) -> web.StreamResponse:
     authenticator = app[appkeys.AUTH]
     try:
         identity = await authenticator.authenticate(websocket_credentials(request, authenticator.cookie_names), SSE)
+    except TooManyAttempts as exc:
+        return retry_after(json_error(429, "too_many_requests", "too many attempts; retry later"), exc.retry_after_s)
     except Exception as exc:
+        retry_after_s = exc.retry_after_s if isinstance(exc, AuthUnavailable) else None
         if not (isinstance(exc, AuthUnavailable) or unavailable(exc)):
             raise
-        logger.warning("cannot authenticate an event stream now (%s)", describe(exc))
-        return json_error(503, "unavailable", "storage is unreachable; try again shortly")
+        if retry_after_s is None:  # else a rate limit: counted, not logged per request
+            logger.warning("cannot authenticate an event stream now (%s)", describe(exc))
+        return retry_after(json_error(503, "unavailable", "storage is unreachable; try again shortly"), retry_after_s)
     if identity is None:
         metrics.auth_failures.labels(SSE).inc()
         return json_error(401, "unauthorized", "a valid session is required (cookie session_id or ?token=)")
@@ -152,6 +156,6 @@ async def notifications_sse(request: web.Request) -> web.StreamResponse:
     finally:
         state = manager.state_of(stream)
         code = (state.close_code if state else None) or stream.close_code or CLOSE_ABNORMAL
-        metrics.disconnects.labels(str(code)).inc()
+        metrics.disconnected(code)
         await manager.remove_connection(identity.user_id, stream)
     return response

@@ -7,9 +7,22 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from notify_server.auth.authenticator import SESSION_COOKIE, WEBSOCKET, AuthUnavailable, websocket_credentials
+from notify_server.auth.authenticator import (
+    SESSION_COOKIE,
+    WEBSOCKET,
+    AuthUnavailable,
+    TooManyAttempts,
+    websocket_credentials,
+)
 from notify_server.auth.origins import origin_allowed
-from notify_server.core.constants import CLOSE_ABNORMAL, CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
+from notify_server.core.constants import (
+    CLOSE_ABNORMAL,
+    CLOSE_TOO_MANY_ATTEMPTS,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNAUTHORIZED,
+)
+from notify_server.core.ratelimit import TokenBucket
 from notify_server.core.stores import describe, unavailable
 from notify_server.storage.notifications import NotificationRepository, UnknownCursor
 from notify_server.transport.connections import WebSocketLike
@@ -22,7 +35,9 @@ logger = logging.getLogger("notify.ws")
 __all__ = ["SESSION_COOKIE", "notifications_ws"]
 
 CLOSE_HANDSHAKE_TIMEOUT_S = 3.0
-_CLOSE_MESSAGES = {CLOSE_UNAUTHORIZED: b"unauthorized", CLOSE_TRY_AGAIN: b"try again later"}
+_CLOSE_MESSAGES = {CLOSE_UNAUTHORIZED: b"unauthorized", CLOSE_TRY_AGAIN: b"try again later",
+                   CLOSE_TOO_MANY_ATTEMPTS: b"too many attempts"}
+REFRESH_LIMIT = "refresh"
 
 
 async def send_first_frames(
@@ -81,29 +96,34 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
         identity = await authenticator.authenticate(
             websocket_credentials(request, authenticator.cookie_names), WEBSOCKET
         )
+    except TooManyAttempts:
+        metrics.disconnected(CLOSE_TOO_MANY_ATTEMPTS)
+        await ws.close(code=CLOSE_TOO_MANY_ATTEMPTS, message=b"too many attempts")
+        return ws
     except Exception as exc:
         if not (isinstance(exc, AuthUnavailable) or unavailable(exc)):
             raise
         if not isinstance(exc, AuthUnavailable):
             logger.warning("session store unreachable (%s): closing with %d", describe(exc), CLOSE_TRY_AGAIN)
-        metrics.disconnects.labels(str(CLOSE_TRY_AGAIN)).inc()
+        metrics.disconnected(CLOSE_TRY_AGAIN)
         await ws.close(code=CLOSE_TRY_AGAIN, message=b"try again later")
         return ws
     if identity is None:
         metrics.auth_failures.labels("websocket").inc()
-        metrics.disconnects.labels(str(CLOSE_UNAUTHORIZED)).inc()
+        metrics.disconnected(CLOSE_UNAUTHORIZED)
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
 
     manager = app[appkeys.MANAGER]
     if manager.count(identity.user_id) >= settings.limits.max_connections_per_user:
-        metrics.disconnects.labels(str(CLOSE_TOO_MANY_CONNECTIONS)).inc()
+        metrics.disconnected(CLOSE_TOO_MANY_CONNECTIONS)
         await ws.close(code=CLOSE_TOO_MANY_CONNECTIONS, message=b"too many connections")
         return ws
 
     # Registered (and present) before anything is read from the store, so nothing stored from now on
     # is missed; frames pushed meanwhile wait behind the first frames (count, then any catch-up).
     closed_with: int | None = None
+    refreshes: TokenBucket | None = None  # made at the socket's first refresh frame (most never send one)
     try:
         await manager.register_connection(identity.user_id, ws, session_hash=identity.session_hash, hold=True,
                                           transport=request.transport, identity=identity)
@@ -127,7 +147,16 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
             elif message.type is WSMsgType.ERROR:
                 break
             elif message.type is WSMsgType.TEXT and (token := refresh_token(message.data)) is not None:
-                closed_with = await handle_refresh(app, ws, identity.user_id, token)
+                if refreshes is None:
+                    limits = settings.websocket
+                    refreshes = TokenBucket(limits.refresh_burst, 1.0 / limits.refresh_interval_s)
+                if refreshes.take():
+                    closed_with = await handle_refresh(app, ws, identity.user_id, token, request.remote)
+                else:
+                    logger.info("refresh refused: over websocket.refresh_*; closing with %d", CLOSE_TOO_MANY_ATTEMPTS)
+                    metrics.rate_limited.labels(REFRESH_LIMIT).inc()
+                    metrics.refreshes.labels("limited").inc()
+                    closed_with = CLOSE_TOO_MANY_ATTEMPTS
                 if closed_with is not None:
                     await ws.close(code=closed_with, message=_CLOSE_MESSAGES[closed_with])
                     break
@@ -135,6 +164,6 @@ async def notifications_ws(request: web.Request) -> web.StreamResponse:
     finally:
         state = manager.state_of(ws)
         code = closed_with or (state.close_code if state else None) or ws.close_code or CLOSE_ABNORMAL
-        metrics.disconnects.labels(str(code)).inc()
+        metrics.disconnected(code)
         await manager.remove_connection(identity.user_id, ws)
     return ws
