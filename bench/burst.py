@@ -2,7 +2,6 @@
 
 The worker process is started and idle first; then N events are enqueued through the real producer
 path (50 in flight at once), and the clock stops when the Nth row is committed. Median of R runs.
-`--arq` runs a plain arq worker (one job at a time, `process_event`) instead, for comparison.
 
     .venv/bin/python -m bench.burst [--events 1000] [--runs 3]
 """
@@ -22,11 +21,10 @@ from notify_server.ingest.producer import enqueue_event
 PRODUCER_CONCURRENCY = 50  # enqueues in flight at once, so the producer is not the bottleneck
 
 
-async def one_run(database_url: str, redis_url: str, events: int, run: int, plain_arq: bool) -> float:
+async def one_run(database_url: str, redis_url: str, events: int, run: int) -> float:
     env = env_for(database_url, redis_url)
     with Processes() as children:
-        worker = children.start("worker", ["worker"], env) if not plain_arq else children.start_module(
-            "arq-worker", "bench.arq_worker", env)
+        worker = children.start("worker", ["worker"], env)
         redis = Redis.from_url(redis_url)
         async with aiopg.connect(database_url) as conn, conn.cursor() as cur:
             await cur.execute("TRUNCATE notifications")
@@ -59,13 +57,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--arq", action="store_true", help="a plain arq worker instead of notify-server worker")
     args = parser.parse_args()
     with stores() as (database_url, redis_url):
-        times = [await one_run(database_url, redis_url, args.events, run, args.arq) for run in range(args.runs)]
+        times = [await one_run(database_url, redis_url, args.events, run) for run in range(args.runs)]
     best = median(times)
-    kind = "plain arq worker" if args.arq else "notify-server worker"
-    print(f"median: {args.events} single-recipient events stored by one {kind} in {best:.2f}s "
+    print(f"median: {args.events} single-recipient events stored by one notify-server worker in {best:.2f}s "
           f"({args.events / best:.0f} events/s), runs: {', '.join(f'{t:.2f}' for t in times)}")
 
 

@@ -10,7 +10,8 @@ from notify_server.core.settings import Settings
 from notify_server.storage.inbox import InboxFilter
 from notify_server.storage.notifications import NewNotifications, Notification, NotificationRepository, StoredEvent
 from workers.consumer import EventConsumer
-from workers.context import CTX_KEY, WorkerContext
+from workers.context import WorkerContext
+from workers.pipeline import Attempt, process_events
 
 
 async def run_worker_burst(settings: Settings, **overrides: Any) -> EventConsumer:
@@ -27,13 +28,21 @@ async def run_worker_burst(settings: Settings, **overrides: Any) -> EventConsume
 
 
 @asynccontextmanager
-async def arq_job_ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    """The ctx arq's own Worker hands `process_event` (built as workers.arq_worker's startup builds it)."""
+async def worker_context(settings: Settings) -> AsyncIterator[WorkerContext]:
+    """What the worker's pipeline runs with, built as `notify-server worker` builds it."""
     context = WorkerContext.build(settings)
     try:
-        yield {CTX_KEY: context, "job_try": 1}
+        yield context
     finally:
         await context.close()
+
+
+async def process_one(context: WorkerContext, event: Any, job_try: int = 1) -> dict[str, Any]:
+    """One event through the pipeline the worker runs for each batch (workers.pipeline.process_events),
+    outside the queue: its result as the job's result would hold it. Raises StoreUnavailable when the
+    worker would keep the batch for a retry."""
+    (outcome,) = await process_events(context, [Attempt(event, job_try)])
+    return outcome.result
 
 
 # ---------------------------------------------------------------- the repository, one event or row at a time

@@ -987,3 +987,37 @@ def test_client_over_sse_refreshes_get_token_credentials_returns_to_the_websocke
         assert errors == []
     finally:
         context.close()
+
+
+def test_the_demo_page_says_so_when_the_embedded_redis_of_dev_stops(
+    browser: Any, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`notify-server dev` with its own Redis (valkey): killed under it, the page shows a banner naming it."""
+    from playwright.sync_api import expect
+
+    from notify_server.ops.embedded import redis_pid
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    data_dir = tmp_path / "dev-data"
+    server = _start_dev(cli_env, tmp_path, _free_port(), "dev.log", NOTIFY_REDIS_URL="")
+    context = browser.new_context(viewport={"width": 1180, "height": 680})
+    try:
+        server.wait_ready()
+        page = context.new_page()
+        page.goto(server.base_url + "/")
+        expect(page.locator("#signin")).to_be_visible()
+        expect(page.locator("#dev-problem")).to_be_hidden()
+
+        pid = redis_pid(data_dir / "valkey")
+        assert pid is not None, server.log()
+        os.kill(pid, signal.SIGKILL)
+
+        expect(page.locator("#dev-problem")).to_be_visible()
+        expect(page.locator("#dev-problem")).to_contain_text("the embedded Redis has stopped")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo-embedded-stopped.png"))
+    finally:
+        context.close()
+        assert server.stop() == 0, server.log()
+    assert "the embedded Redis has stopped" in server.log()
+    assert "Traceback" not in server.log()

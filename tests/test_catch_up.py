@@ -2,7 +2,7 @@
 
 A real node (the app `serve` builds, on a real socket under pytest-aiohttp) over the run's real Postgres
 and Redis; events go through the worker's own `process_event` (store, then push through presence and the
-node's stream) or a real burst arq worker. Every socket's frames are checked for order, duplicates, gaps
+node's stream) or the real worker in burst mode. Every socket's frames are checked for order, duplicates, gaps
 and unread-count versions.
 """
 
@@ -27,8 +27,8 @@ from notify_server.storage.sessions import SessionStore
 from notify_server.transport.frames import notification_frame
 from notify_server.transport.push import PushItem, StreamPushTransport
 from notify_server.web.app import create_app
-from tests.helpers import arq_job_ctx, run_worker_burst
-from workers.jobs import process_event
+from tests.helpers import process_one, run_worker_burst, worker_context
+from workers.context import WorkerContext
 
 WS_PATH = "/ws/notifications"
 RESYNC = {"type": "resync", "data": {}}
@@ -44,14 +44,14 @@ def event(event_id: str, *users: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    """The ctx arq's own Worker hands `process_event`."""
-    async with arq_job_ctx(settings) as job_ctx:
+async def ctx(settings: Settings) -> AsyncIterator[WorkerContext]:
+    """What the worker's pipeline runs with."""
+    async with worker_context(settings) as job_ctx:
         yield job_ctx
 
 
-async def emit(ctx: dict[str, Any], event_id: str, *users: str) -> None:
-    result = await process_event(ctx, copy.deepcopy(event(event_id, *users)))
+async def emit(ctx: WorkerContext, event_id: str, *users: str) -> None:
+    result = await process_one(ctx, copy.deepcopy(event(event_id, *users)))
     assert result["status"] == "stored", result
 
 
@@ -116,7 +116,7 @@ async def open_tab(client: TestClient, token: str, since: str | None = None) -> 
 
 
 async def test_since_replays_the_missed_notifications_oldest_first_after_the_count_and_before_live_ones(
-    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: dict[str, Any], db_pool: Any
+    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: WorkerContext, db_pool: Any
 ) -> None:
     client = await node(aiohttp_client, settings)
     token = (await sessions.create("alice", 3600)).token
@@ -143,7 +143,7 @@ async def test_since_replays_the_missed_notifications_oldest_first_after_the_cou
 
 
 async def test_since_the_newest_notification_replays_nothing(
-    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: dict[str, Any], db_pool: Any
+    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: WorkerContext, db_pool: Any
 ) -> None:
     client = await node(aiohttp_client, settings)
     token = (await sessions.create("alice", 3600)).token
@@ -158,7 +158,7 @@ async def test_since_the_newest_notification_replays_nothing(
 
 
 async def test_catch_up_has_no_duplicate_and_no_gap_while_events_keep_arriving(
-    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: dict[str, Any], db_pool: Any
+    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: WorkerContext, db_pool: Any
 ) -> None:
     """Reconnects land at different moments of a stream of events (4 producers at once, like a worker's
     concurrent jobs): each socket gets every notification after `since` exactly once — the replay oldest
@@ -205,7 +205,7 @@ async def test_catch_up_has_no_duplicate_and_no_gap_while_events_keep_arriving(
 
 
 async def test_a_notification_replayed_by_catch_up_is_not_pushed_again_afterwards(
-    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: dict[str, Any], db_pool: Any,
+    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: WorkerContext, db_pool: Any,
     redis_client: Redis, repository: NotificationRepository,
 ) -> None:
     """A worker commits, then looks up presence and writes the push job. A reconnect whose catch-up runs
@@ -233,7 +233,7 @@ async def test_a_notification_replayed_by_catch_up_is_not_pushed_again_afterward
 
 
 async def test_at_most_max_replay_are_replayed(
-    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: dict[str, Any], db_pool: Any
+    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: WorkerContext, db_pool: Any
 ) -> None:
     client = await node(aiohttp_client, settings.replace(recovery={"max_replay": 3}))
     token = (await sessions.create("alice", 3600)).token
@@ -259,7 +259,7 @@ async def test_at_most_max_replay_are_replayed(
     ["random-uuid", "other-users-id", "not-a-uuid", "' OR 1=1 --", "%00", "é" * 300],
 )
 async def test_unknown_since_gets_a_resync_frame_and_the_socket_stays_live(
-    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: dict[str, Any], db_pool: Any, since: str
+    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: WorkerContext, db_pool: Any, since: str
 ) -> None:
     client = await node(aiohttp_client, settings)
     token = (await sessions.create("alice", 3600)).token
@@ -306,7 +306,7 @@ async def test_a_burst_of_twenty_events_is_coalesced_into_fewer_counts_ending_at
 
 
 async def test_unread_versions_only_grow_on_every_socket_through_pushes_and_reads(
-    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: dict[str, Any]
+    aiohttp_client: Any, settings: Settings, sessions: SessionStore, ctx: WorkerContext
 ) -> None:
     """Two nodes, two tabs each; events and mark-read / read-all interleaved from both nodes. Every tab
     ends on the same final count and version, and none ever sees a version go down (Tab checks)."""

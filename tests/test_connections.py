@@ -7,13 +7,16 @@ got waits (yielding to the loop) until the writer has run.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 import pytest
 
 from notify_server.core.constants import CLOSE_TOO_SLOW
-from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient
+from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient, UnreadState
 from notify_server.transport.connections import NotificationWebSocketManager
+from notify_server.transport.delivery import deliver
+from notify_server.transport.push import PushItem, PushJob
 from tests.fakes import FakeSocket, wait_until
 from tests.helpers import insert
 
@@ -358,3 +361,50 @@ async def test_close_soon_closes_once(code: int) -> None:
     await manager.wait_closing()
 
     assert closes == [code]
+
+
+# ---------------------------------------------------------------- deliver: the push consumer's batch
+
+
+class RecordingManager(NotificationWebSocketManager):
+    """The real manager, noting which of the seed's methods the push consumer's batch calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+
+    async def push_to_user(self, user_id: str, payload: Any, notification_id: str | None = None) -> int:
+        self.calls.append(("push_to_user", user_id))
+        return await super().push_to_user(user_id, payload, notification_id)
+
+    async def push_unread_count(self, user_id: str, unread: UnreadState | int | None = None) -> int:
+        self.calls.append(("push_unread_count", user_id))
+        return await super().push_unread_count(user_id, unread)
+
+
+def _job(*items: PushItem) -> PushJob:
+    return PushJob(items=list(items), enqueued_at=0.0)
+
+
+async def test_deliver_runs_every_frame_through_push_to_user_and_each_count_once_through_push_unread_count() -> None:
+    manager = RecordingManager()
+    alice, bob = FakeSocket("alice"), FakeSocket("bob")
+    await manager.register_connection("alice", alice)
+    await manager.register_connection("bob", bob)
+
+    await deliver(manager, [
+        _job(PushItem("alice", '{"type":"notification","n":1}', "n1", 1, 7),
+             PushItem("bob", '{"type":"notification","n":2}', "n2", 4, 3),
+             PushItem("carol", '{"type":"notification","n":3}', "n3", 1, 1)),  # not on this node
+        _job(PushItem("alice", '{"type":"notification","n":4}', "n4", 2, 8),
+             PushItem("alice", unread_count=1, unread_version=6)),  # older than version 8: dropped
+    ])
+    await wait_until(lambda: len(alice.sent) == 3 and len(bob.sent) == 2, what="every frame")
+
+    assert [f.get("n") for f in alice.frames()[:2]] == [1, 4]
+    assert alice.frames()[2] == {"type": "unread_count", "data": {"count": 2, "version": 8}}
+    assert bob.frames()[1] == {"type": "unread_count", "data": {"count": 4, "version": 3}}
+    assert manager.calls == [
+        ("push_to_user", "alice"), ("push_to_user", "bob"), ("push_to_user", "carol"), ("push_to_user", "alice"),
+        ("push_unread_count", "alice"), ("push_unread_count", "bob"), ("push_unread_count", "carol"),
+    ]

@@ -12,6 +12,8 @@ from hypothesis import settings as hypothesis_settings
 from marshmallow import ValidationError
 
 from notify_server.core.schemas import EventSchema, load_event
+from notify_server.core.settings import load_settings
+from notify_server.ingest.events import MAX_FIELD_NAME_CHARS, EventRejected, parse_event
 from tests.test_hostile_input import events
 
 SCHEMA = EventSchema()
@@ -39,3 +41,25 @@ def test_a_plain_valid_event_takes_the_fast_path_and_loads_like_the_schema() -> 
         "data": {"provider_name": "Dr. 🦷"}, "priority": "HIGH", "action_url": "", "metadata": {"n": [1, None]},
     }
     assert load_event(dict(raw)) == SCHEMA.load(dict(raw))
+
+
+@pytest.mark.parametrize("where", ["event", "recipient"])
+def test_a_field_name_a_producer_chose_reaches_the_reason_escaped_and_bounded(where: str) -> None:
+    """The reason goes into a log line (and the job's result): a name with a newline must not forge a
+    line of its own, and a megabyte-long name must not make a megabyte line."""
+    templates = load_settings(environ={}).templates
+    for name in ("x\n2026-01-01 00:00:00 ERROR notify.fake: forged\r\x1b[2J\u2028", "n" * 1_000_000):
+        event: dict[str, Any] = {"event_id": "e1", "event_type": "CLAIM_REJECTED", "recipients": [{"user_id": "u"}],
+                                 "data": {"provider_name": "P", "claim_id": "1"}}
+        if where == "event":
+            event[name] = 1
+        else:
+            event["recipients"] = [{"user_id": "u", name: 1}]
+
+        with pytest.raises(EventRejected) as caught:
+            parse_event(event, templates)
+
+        reason = str(caught.value)
+        assert reason.endswith(": Unknown field.") and name[:1] in reason, reason[:300]
+        assert reason.isprintable(), reason[:300]
+        assert len(reason) < MAX_FIELD_NAME_CHARS + 100, len(reason)

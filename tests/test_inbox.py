@@ -1,6 +1,6 @@
 """The inbox (issue 18): seen / read / archived, filters in the list and the counts, bulk actions, and every
 tab in step — over a real node (or two), the run's real Postgres and Redis, and the worker's own
-`process_event` for new notifications (stored, then pushed through presence and the nodes' streams)."""
+pipeline for new notifications (stored, then pushed through presence and the nodes' streams)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from notify_server.storage.notifications import NewNotifications, NotificationRe
 from notify_server.storage.sessions import SessionStore
 from notify_server.web.inbox import BULK_MAX_BODY_BYTES, BULK_MAX_IDS
 from tests.fakes import assert_nothing_arrives, open_tab, receive_frame, start_node
-from tests.helpers import arq_job_ctx, insert
+from tests.helpers import insert, process_one, worker_context
 from tests.test_api import assert_error, bearer
 from tests.test_sse import open_stream
-from workers.jobs import process_event
+from workers.context import WorkerContext
 
 EVENTS: dict[str, dict[str, Any]] = {  # config.yaml's templates: type -> data; their priorities in comments
     "CLAIM_REJECTED": {"provider_name": "Dr. Smith", "claim_id": "abc123"},  # HIGH
@@ -35,10 +35,10 @@ EVENTS: dict[str, dict[str, Any]] = {  # config.yaml's templates: type -> data; 
 
 
 @pytest.fixture
-async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    """The ctx arq's own Worker hands `process_event`."""
-    async with arq_job_ctx(settings) as job_ctx:
-        yield job_ctx
+async def ctx(settings: Settings) -> AsyncIterator[WorkerContext]:
+    """What the worker's pipeline runs with."""
+    async with worker_context(settings) as context:
+        yield context
 
 
 @pytest.fixture
@@ -51,10 +51,10 @@ async def alice(sessions: SessionStore) -> dict[str, str]:
     return bearer((await sessions.create("alice", ttl_s=3600)).token)
 
 
-async def emit(ctx: dict[str, Any], event_type: str, *users: str, **extra: Any) -> str:
+async def emit(ctx: WorkerContext, event_type: str, *users: str, **extra: Any) -> str:
     """One event through the worker's pipeline (stored, pushed); its id."""
     event_id = f"{event_type}-{uuid.uuid4().hex[:8]}"
-    result = await process_event(ctx, copy.deepcopy({
+    result = await process_one(ctx, copy.deepcopy({
         "event_id": event_id, "event_type": event_type, "recipients": [{"user_id": u} for u in users],
         "data": EVENTS[event_type], **extra}))
     assert result["status"] == "stored", result
@@ -380,7 +380,7 @@ async def test_an_action_on_more_than_max_replay_sends_resync(
 
 
 async def test_an_event_stream_gets_the_same_frames(
-    client: TestClient, ctx: dict[str, Any], sessions: SessionStore
+    client: TestClient, ctx: WorkerContext, sessions: SessionStore
 ) -> None:
     token = (await sessions.create("alice", ttl_s=3600)).token
     stream = await open_stream(client, token)
@@ -398,7 +398,7 @@ async def test_an_event_stream_gets_the_same_frames(
 
 
 async def test_the_done_when_scenario_two_tabs_on_two_nodes(
-    aiohttp_client: Any, settings: Settings, ctx: dict[str, Any], sessions: SessionStore
+    aiohttp_client: Any, settings: Settings, ctx: WorkerContext, sessions: SessionStore
 ) -> None:
     """Issue 18's "Done when", step by step."""
     node_a = await start_node(aiohttp_client, settings, "n1")
@@ -466,7 +466,7 @@ async def test_the_done_when_scenario_two_tabs_on_two_nodes(
 
 
 async def test_counts_stay_exact_under_concurrent_tabs_and_new_events(
-    aiohttp_client: Any, settings: Settings, ctx: dict[str, Any], sessions: SessionStore,
+    aiohttp_client: Any, settings: Settings, ctx: WorkerContext, sessions: SessionStore,
     repository: NotificationRepository, db_pool: Any,
 ) -> None:
     """Four tabs (two nodes) act at once — bulk, by filter, one by one — while events keep arriving for

@@ -133,6 +133,19 @@ BAD_TOKENS: dict[str, tuple[Callable[[SigningKey], str], str]] = {
     "not-yet-valid": (lambda key: key.mint(nbf=int(time.time()) + 600), "not valid yet"),
     "no-user-claim": (lambda key: key.mint(None), "claim sub holds no user id"),
     "garbage": (lambda key: "abc.def.ghi", "malformed"),
+    # Numbers no clock reaches, or no numbers at all: refused like any bad token, never a 500.
+    "exp-1e20": (lambda key: key.mint(exp=1e20), "exp out of range"),
+    "exp-huge-integer": (lambda key: key.mint(exp=10**400), "exp out of range"),
+    "exp-year-10000": (lambda key: key.mint(exp=253402300800), "exp out of range"),
+    "exp-infinity": (lambda key: key.mint(exp=float("inf")), "malformed"),
+    "exp-nan": (lambda key: key.mint(exp=float("nan")), "malformed"),
+    "exp-negative": (lambda key: key.mint(exp=-1e20), "expired"),
+    "exp-text": (lambda key: key.mint(exp="soon"), "malformed"),
+    "iat-text": (lambda key: key.mint(iat="yesterday"), "iat is not a number"),
+    "iat-infinity": (lambda key: key.mint(iat=float("inf")), "iat is not a number"),
+    "iat-huge": (lambda key: key.mint(iat=1e300), "not valid yet"),
+    "nbf-nan": (lambda key: key.mint(nbf=float("nan")), "malformed"),
+    "nbf-negative-infinity": (lambda key: key.mint(nbf=float("-inf")), "malformed"),
 }
 
 
@@ -159,16 +172,25 @@ async def test_an_hs256_token_signed_with_the_rs256_public_key_is_refused(
     aiohttp_client, settings: Settings, keys: dict[str, SigningKey], tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Algorithm confusion: the public key is public, so an HMAC over it proves nothing."""
+    """Algorithm confusion: the public key is public, so an HMAC over it proves nothing. The attack needs
+    a node that accepts both kinds (HS256 with its secret, RS256 with the public key): a verifier that
+    let the token's `alg` pick how the one configured key is used would accept the forgery."""
     caplog.set_level(logging.INFO, logger="notify.auth")
-    rs = keys["RS256"]
-    client = await start_node(aiohttp_client, rs.settings(settings, tmp_path))
+    hs, rs = keys["HS256"], keys["RS256"]
+    mixed = {**rs.auth_settings(tmp_path), "jwt_algorithms": ("HS256", "RS256"), "jwt_secret": hs.secret}
+    client = await start_node(aiohttp_client, settings.replace(auth=mixed))
     claims = json.loads(jwt.utils.base64url_decode(rs.mint("alice").split(".")[1]))
+    # Both kinds are accepted as such: the node is the one the attack aims at.
+    for genuine in (hs.mint("alice"), rs.mint("alice")):
+        assert (await client.get("/api/notifications", headers=bearer(genuine))).status == 200
 
-    forged = forged_hs256(rs.public_pem, claims)
+    for secret in (rs.public_pem, rs.public_pem.strip()):
+        forged = forged_hs256(secret, claims)
 
-    await expect_close(await open_tab(client, forged, via="query"), CLOSE_UNAUTHORIZED)
-    assert "jwt: algorithm 'HS256' not allowed" in caplog.text
+        await expect_close(await open_tab(client, forged, via="query"), CLOSE_UNAUTHORIZED)
+        assert (await client.get("/api/notifications", headers=bearer(forged))).status == 401
+    assert caplog.text.count("jwt: bad signature") == 4
+    assert client.app[appkeys.MANAGER].connections == {}
 
 
 async def test_a_token_carrying_an_audience_is_refused_when_none_is_configured(

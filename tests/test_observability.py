@@ -153,3 +153,55 @@ async def test_worker_serves_its_metrics_on_its_own_port(settings: Settings, red
         worker.stop()
         await running
         await worker.close()
+
+
+async def test_client_chosen_close_codes_share_one_disconnect_label(
+    settings: Settings, aiohttp_client, sessions: SessionStore
+) -> None:
+    """A client picks its close code (any of 3000-65535): the metric must not grow a series per code."""
+    client = await aiohttp_client(create_app(settings, node_id="labels-node"))
+    token = (await sessions.create("alice", 60)).token
+    for code in (3000, 3456, 4999, 5000, 65535):
+        ws = await client.ws_connect("/ws/notifications", params={"token": token})
+        await ws.receive_json(timeout=5)
+        await ws.close(code=code)
+    for _ in range(100):
+        after = await metrics_of(client)
+        if after.get("notify_disconnects_total{code=other}") == 5:
+            break
+        await asyncio.sleep(0.02)
+
+    disconnects = {name: value for name, value in after.items() if name.startswith("notify_disconnects_total")}
+    assert disconnects == {"notify_disconnects_total{code=other}": 5}, disconnects
+
+
+def test_a_token_parameter_whose_name_is_percent_encoded_is_redacted() -> None:
+    """aiohttp decodes parameter names (`?%74oken=` is `?token=`) and authenticates with them."""
+    for query in ("%74oken=SECRET1", "t%6Fken=SECRET1", "%74%6F%6B%65%6E=SECRET1", "since=9&%54OKEN=SECRET1",
+                  "tok%65n=SECRET1&since=9", "%73ession_id=SECRET1"):
+        line = f'127.0.0.1 "GET /ws/notifications?{query} HTTP/1.1" 101 0'
+        assert "SECRET1" not in redact(line), query
+        assert "[redacted]" in redact(line), query
+    kept = '127.0.0.1 "GET /api/notifications?before=%41bc&limit=5 HTTP/1.1" 200 10'
+    assert redact(kept) == kept
+
+
+def test_a_log_message_stays_on_one_line_whatever_its_values_hold() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(RedactingFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s")))
+    logger = logging.getLogger("notify.test.lines")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("event rejected reason=%s", "x\nERROR notify.fake: forged\r\x1b[2J\u2028end")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed on %s", "a\nb")
+    finally:
+        logger.removeHandler(handler)
+    first, second, *traceback = stream.getvalue().splitlines()
+    assert first == "WARNING notify.test.lines: event rejected reason=x\\nERROR notify.fake: forged\\r\\x1b[2J\\u2028end"
+    assert second == "ERROR notify.test.lines: failed on a\\nb"
+    assert traceback[0] == "Traceback (most recent call last):"  # tracebacks keep their lines

@@ -1,8 +1,8 @@
 """The event pipeline end to end (SPEC §5): producer -> Redis -> arq worker -> Postgres.
 
-Events go through `notify_server.ingest.producer.enqueue_event` and a real burst arq worker; a few tests call
-`workers.jobs.process_event` directly with a worker-shaped ctx to run the same job twice or to make the
-database unreachable.
+Events go through `notify_server.ingest.producer.enqueue_event` and the real worker in burst mode; a few
+tests run the worker's pipeline on one event directly (tests.helpers.process_one) to run the same event
+twice or to make the database unreachable.
 """
 
 from __future__ import annotations
@@ -13,19 +13,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from arq import Retry
 from arq.jobs import Job
 from redis.asyncio import Redis
 
 from notify_server.core.constants import JOB_PROCESS_EVENT
 from notify_server.core.settings import Settings
+from notify_server.core.stores import Fault
 from notify_server.ingest.jobcodec import arq_deserializer
 from notify_server.ingest.producer import arq_pool, enqueue_event
 from notify_server.storage.notifications import NotificationRepository
 from notify_server.transport.presence import Presence
 from notify_server.transport.push import decode_job, stream_key
-from tests.helpers import arq_job_ctx, mark_all_read, run_worker_burst
-from workers.jobs import process_event
+from tests.helpers import mark_all_read, process_one, run_worker_burst, worker_context
+from workers.context import WorkerContext
+from workers.pipeline import StoreUnavailable
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/x"
 
@@ -84,16 +85,16 @@ async def enqueue_raw(redis_client: Redis, settings: Settings, payload: Any, job
 
 
 @pytest.fixture
-async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    async with arq_job_ctx(settings) as job_ctx:
+async def ctx(settings: Settings) -> AsyncIterator[WorkerContext]:
+    async with worker_context(settings) as job_ctx:
         yield job_ctx
 
 
 @pytest.fixture
-async def unreachable_ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+async def unreachable_ctx(settings: Settings) -> AsyncIterator[WorkerContext]:
     """A worker ctx whose Postgres refuses connections (a real pool, pointed at a closed port)."""
     broken = settings.replace(database={"url": UNREACHABLE_DATABASE_URL, "pool_min_size": 0})
-    async with arq_job_ctx(broken) as job_ctx:
+    async with worker_context(broken) as job_ctx:
         yield job_ctx
 
 
@@ -206,30 +207,30 @@ async def test_duplicate_event_after_its_result_expired_stores_no_second_row(
     assert await row_count(db_pool) == 2
 
 
-async def test_same_job_processed_twice_stores_no_second_row(ctx: dict[str, Any], db_pool: Any) -> None:
+async def test_same_job_processed_twice_stores_no_second_row(ctx: WorkerContext, db_pool: Any) -> None:
     event = claim_rejected("evt-1")
 
-    first = await process_event(ctx, copy.deepcopy(event))
-    second = await process_event({**ctx, "job_try": 2}, copy.deepcopy(event))
+    first = await process_one(ctx, copy.deepcopy(event))
+    second = await process_one(ctx, copy.deepcopy(event), job_try=2)
 
     assert (first["stored"], second["stored"]) == (2, 0)
     assert await row_count(db_pool) == 2
 
 
-async def test_same_job_processed_twice_at_once_stores_each_row_once(ctx: dict[str, Any], db_pool: Any) -> None:
+async def test_same_job_processed_twice_at_once_stores_each_row_once(ctx: WorkerContext, db_pool: Any) -> None:
     event = claim_rejected("evt-1")
 
-    results = await asyncio.gather(*(process_event(ctx, copy.deepcopy(event)) for _ in range(4)))
+    results = await asyncio.gather(*(process_one(ctx, copy.deepcopy(event)) for _ in range(4)))
 
     assert sum(result["stored"] for result in results) == 2
     assert await row_count(db_pool) == 2
 
 
-async def test_rows_read_before_a_duplicate_stay_read(ctx: dict[str, Any], repository: NotificationRepository) -> None:
-    await process_event(ctx, claim_rejected("evt-1"))
+async def test_rows_read_before_a_duplicate_stay_read(ctx: WorkerContext, repository: NotificationRepository) -> None:
+    await process_one(ctx, claim_rejected("evt-1"))
     assert await mark_all_read(repository, "u1") == 1
 
-    await process_event(ctx, claim_rejected("evt-1"))
+    await process_one(ctx, claim_rejected("evt-1"))
 
     assert await repository.count_unread("u1") == 0
 
@@ -291,10 +292,10 @@ async def test_enqueue_event_refuses_an_event_without_event_id(settings: Setting
         await enqueue(redis_client, settings, without("event_id"))
 
 
-async def test_rejected_event_stores_nothing_even_for_its_valid_recipients(ctx: dict[str, Any], db_pool: Any) -> None:
+async def test_rejected_event_stores_nothing_even_for_its_valid_recipients(ctx: WorkerContext, db_pool: Any) -> None:
     event = claim_rejected("evt-1", recipients=[{"user_id": "u1"}, {"user_id": ""}])
 
-    result = await process_event(ctx, event)
+    result = await process_one(ctx, event)
 
     assert result["status"] == "rejected"
     assert "recipients.1.user_id" in result["reason"]
@@ -305,23 +306,23 @@ async def test_rejected_event_stores_nothing_even_for_its_valid_recipients(ctx: 
 
 
 async def test_unreachable_database_raises_retry_and_stores_nothing(
-    unreachable_ctx: dict[str, Any], settings: Settings, db_pool: Any
+    unreachable_ctx: WorkerContext, settings: Settings, db_pool: Any
 ) -> None:
-    with pytest.raises(Retry) as caught:
-        await process_event(unreachable_ctx, claim_rejected("evt-1"))
+    with pytest.raises(StoreUnavailable) as caught:
+        await process_one(unreachable_ctx, claim_rejected("evt-1"))
 
-    assert 0 <= caught.value.defer_score <= settings.worker.retry_backoff_max_s * 1000
+    assert caught.value.fault is Fault.TRANSIENT  # kept and retried by the worker, never given up
     assert await row_count(db_pool) == 0
 
 
 async def test_retried_event_is_stored_once_the_database_is_back(
-    unreachable_ctx: dict[str, Any], ctx: dict[str, Any], db_pool: Any
+    unreachable_ctx: WorkerContext, ctx: WorkerContext, db_pool: Any
 ) -> None:
     event = claim_rejected("evt-1")
-    with pytest.raises(Retry):
-        await process_event(unreachable_ctx, copy.deepcopy(event))
+    with pytest.raises(StoreUnavailable):
+        await process_one(unreachable_ctx, copy.deepcopy(event))
 
-    result = await process_event({**ctx, "job_try": 2}, copy.deepcopy(event))
+    result = await process_one(ctx, copy.deepcopy(event), job_try=2)
 
     assert result["stored"] == 2
     assert await row_count(db_pool) == 2

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from notify_server.core.constants import CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
+from notify_server.core.constants import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
 from notify_server.core.identity import ForwardedHeaders
 from notify_server.core.settings import Settings
 from notify_server.storage.sessions import SessionStore
@@ -40,7 +40,7 @@ class WebApp:
 
     sessions: dict[str, tuple[str, dt.datetime | None]] = dataclasses.field(default_factory=dict)
     calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    answer: str = "contract"  # or: 500, redirect, not-json, no-user, slow
+    answer: str = "contract"  # or: 500, redirect, not-json, no-user, past-the-last-date, slow
 
     def sign_in(self, value: str, user_id: str, expires_in_s: float | None = 3600) -> None:
         expires_at = None if expires_in_s is None else dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_in_s)
@@ -58,6 +58,8 @@ class WebApp:
             return web.Response(text="<html>welcome</html>", content_type="text/html")
         if self.answer == "no-user":
             return web.json_response({"name": "alice"})
+        if self.answer == "past-the-last-date":  # 9999-12-31 23:59 at UTC-1 is in the year 10000 at UTC
+            return web.json_response({"user_id": "alice", "expires_at": "9999-12-31T23:59:59-01:00"})
         if self.answer == "slow":
             await asyncio.sleep(1)
         scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
@@ -172,7 +174,7 @@ async def test_an_app_that_cannot_tell_is_1013_and_503(
     app, _ = webapp
     app.sign_in("c-alice", "alice")
     caplog.set_level(logging.WARNING, logger="notify.auth")
-    for answer in ("500", "redirect", "not-json", "no-user", "slow"):
+    for answer in ("500", "redirect", "not-json", "no-user", "past-the-last-date", "slow"):
         app.answer = answer
         caplog.clear()
 
@@ -215,6 +217,60 @@ async def test_a_session_token_is_taken_before_the_proxy_is_asked(
 
     assert webapp[0].calls == []
     await ws.close()
+
+
+# ---------------------------------------------------------------- how often the app is asked
+
+
+async def test_one_address_past_its_proxy_allowance_gets_4029_and_429_without_a_call(
+    aiohttp_client, settings: Settings, webapp: tuple[WebApp, TestServer]
+) -> None:
+    """Every unknown cookie would be a call to the app: one client address may cause proxy_client_burst
+    of them back to back, then proxy_client_per_s."""
+    app, server = webapp
+    app.sign_in("c-alice", "alice")
+    client = await start_node(aiohttp_client, proxied(settings, server, proxy_client_burst=3,
+                                                      proxy_client_per_s=0.001, proxy_node_burst=0))
+    ws = await open_with_cookie(client, f"{APP_COOKIE}=c-alice")  # one call: a real user, before the flood
+    await receive_frame(ws)
+    for n in range(2):
+        assert (await client.get("/api/notifications", headers={"Cookie": f"{APP_COOKIE}=guess-{n}"})).status == 401
+    assert len(app.calls) == 3
+
+    rest = await client.get("/api/notifications", headers={"Cookie": f"{APP_COOKIE}=guess-3"})
+    sse = await client.get("/sse/notifications", headers={"Cookie": f"{APP_COOKIE}=guess-4"})
+    socket = await open_with_cookie(client, f"{APP_COOKIE}=guess-5")
+
+    for response in (rest, sse):
+        assert response.status == 429
+        assert (await response.json())["error"]["code"] == "too_many_requests"
+        assert int(response.headers["Retry-After"]) >= 1
+    await expect_close(socket, CLOSE_TOO_MANY_CONNECTIONS)
+    assert len(app.calls) == 3  # none of them reached the app
+    closed = await client.app[appkeys.SESSION_WATCHER].recheck(None)  # re-checks of open sockets still ask
+    assert closed == 0 and len(app.calls) == 4
+    metrics = await (await client.get("/metrics")).text()
+    assert 'notify_rate_limited_total{limit="proxy_client"} 3.0' in metrics
+    await ws.close()
+
+
+async def test_a_node_past_its_proxy_allowance_answers_1013_and_503_without_a_call(
+    aiohttp_client, settings: Settings, webapp: tuple[WebApp, TestServer]
+) -> None:
+    app, server = webapp
+    client = await start_node(aiohttp_client, proxied(settings, server, proxy_client_burst=0,
+                                                      proxy_node_burst=2, proxy_node_per_s=0.001))
+    for n in range(2):
+        assert (await client.get("/api/notifications", headers={"Cookie": f"{APP_COOKIE}=guess-{n}"})).status == 401
+
+    rest = await client.get("/api/notifications", headers={"Cookie": f"{APP_COOKIE}=guess-2"})
+    socket = await open_with_cookie(client, f"{APP_COOKIE}=guess-3")
+
+    assert rest.status == 503 and int(rest.headers["Retry-After"]) >= 1
+    await expect_close(socket, CLOSE_TRY_AGAIN)
+    assert len(app.calls) == 2
+    metrics = await (await client.get("/metrics")).text()
+    assert 'notify_rate_limited_total{limit="proxy_node"} 2.0' in metrics
 
 
 # ---------------------------------------------------------------- re-asked while open

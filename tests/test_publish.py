@@ -234,3 +234,17 @@ async def test_a_full_batch_of_1000_events_is_queued_in_one_call(
     assert response.status == 202
     assert {r["status"] for r in (await response.json())["results"]} == {"queued"}
     assert await redis_client.zcard(settings.queues.events) == 1000
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("TRACE", "/api/events", {"POST"}),
+    ("GET", "/api/events/batch", {"POST"}),
+    ("DELETE", "/api/notifications/read-all", {"POST"}),
+])
+async def test_a_405_names_the_allowed_methods(node: TestClient, method: str, path: str, allowed: set[str]) -> None:
+    """RFC 9110 §15.5.6: a 405 carries Allow, with the JSON error body of every other API error."""
+    response = await node.request(method, path, headers=headers())
+
+    error = await error_of(response, 405)
+    assert error["code"] == "method_not_allowed"
+    assert {m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip()} == allowed

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from notify_server.auth.revocations import publish_revocation
-from notify_server.core.constants import CLOSE_UNAUTHORIZED
+from notify_server.core.constants import CLOSE_TOO_MANY_ATTEMPTS, CLOSE_UNAUTHORIZED
 from notify_server.core.settings import Settings
 from notify_server.storage.sessions import SessionStore
 from notify_server.web import appkeys
@@ -169,3 +169,27 @@ async def test_refreshes_are_answered_in_order(node: TestClient, hs: SigningKey)
 
     assert [dt.datetime.fromisoformat(a["data"]["expires_at"]) for a in answers] == [expiry_of(t) for t in tokens]
     await ws.close()
+
+
+async def test_refresh_frames_past_the_per_socket_allowance_close_with_4029(
+    aiohttp_client, settings: Settings, hs: SigningKey, tmp_path: Path
+) -> None:
+    """Each refresh costs a verification (a Postgres query for a session, a call to the app for proxy):
+    a socket may send websocket.refresh_burst of them, then one per refresh_interval_s."""
+    limited = hs.settings(settings, tmp_path).replace(websocket={"refresh_burst": 3, "refresh_interval_s": 3600})
+    node = await start_node(aiohttp_client, limited)
+    ws, _ = await connect_and_count(node, hs.mint("alice"), via="query")
+    other, _ = await connect_and_count(node, hs.mint("alice"), via="query")
+
+    for _ in range(3):
+        await ws.send_str(refresh(hs.mint("alice")))
+        assert (await receive_frame(ws))["type"] == "refreshed"
+    await ws.send_str(refresh(hs.mint("alice")))
+    await expect_close(ws, CLOSE_TOO_MANY_ATTEMPTS)
+
+    await other.send_str(refresh(hs.mint("alice")))  # the allowance is the socket's own
+    assert (await receive_frame(other))["type"] == "refreshed"
+    metrics = await (await node.get("/metrics")).text()
+    assert 'notify_rate_limited_total{limit="refresh"} 1.0' in metrics
+    assert 'notify_auth_refreshes_total{result="limited"} 1.0' in metrics
+    await other.close()

@@ -1,8 +1,8 @@
 """Store faults (issue 9, "Done when"): Postgres restarted, read-only or not migrated, a Redis fail-over, one
-event Postgres refuses, supervised loops, arq's pickle producers, the plain arq worker's configuration.
+event Postgres refuses, supervised loops, arq's pickle producers, one engine on the configured db and queue.
 
 Where the issue says a fault "ends no process", the real commands run as subprocesses (`python -m
-notify_server serve|worker`, `arq workers.settings.WorkerSettings`). Servers that a test stops, or turns
+notify_server serve|worker`). Servers that a test stops, or turns
 into a replica, are PRIVATE ones (test_faults' embedded Postgres, here on TCP, and `private_redis`); on the
 shared servers a test only touches its own throw-away database (ALTER DATABASE, a CHECK constraint) or a
 database it creates and drops itself. Waits are deadlines on conditions, with settings that shorten them
@@ -780,14 +780,16 @@ async def test_arq_pickle_producers_are_served_a_crafted_pickle_runs_nothing_and
     assert "arq-crafted" in worker.output() and "refers to" in worker.output()
 
 
-# ---------------------------------------------------------------- 9. the plain arq worker's configuration
+# ---------------------------------------------------------------- 9. one engine, on the configured db and queue
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-async def test_the_plain_arq_worker_uses_the_configured_redis_db_and_queue(
+async def test_arqs_own_worker_is_retired_and_the_one_engine_uses_the_configured_redis_db_and_queue(
     cli_env: dict[str, str], settings: Settings, redis_client: Redis
 ) -> None:
+    """`arq workers.settings.WorkerSettings` says in one line to run `notify-server worker` and touches no
+    job; `notify-server worker` then serves the configured (non-default) Redis db and queue."""
     db_number = urlsplit(settings.redis.url).path.lstrip("/")
     assert db_number not in ("", "0"), "the test's Redis db must not be db 0 for this test to mean anything"
     queue = f"notify:custom-{uuid.uuid4().hex[:8]}"
@@ -799,17 +801,31 @@ async def test_the_plain_arq_worker_uses_the_configured_redis_db_and_queue(
 
     env = dict(cli_env, NOTIFY_QUEUES_EVENTS=queue, NOTIFY_WORKER_POLL_DELAY_S="0.05")
     arq_bin = str(Path(sys.executable).parent / "arq")
-    done = await asyncio.to_thread(
+    retired = await asyncio.to_thread(
         subprocess.run, [arq_bin, "workers.settings.WorkerSettings", "--burst"],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=90,
     )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
+    assert retired.returncode == 1
+    assert retired.stderr.strip().splitlines() == [
+        "notify-server: arq's own worker is retired; run `notify-server worker` instead (the same queue, keys, "
+        "configuration and job results; one engine, one retry policy)"
+    ]
+    assert await redis_client.zcard(queue) == len(ids), "the retired entry point touched the queue"
+    assert stored_counts(settings.database.url) == (0, 0)
 
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "notify_server", "worker", env=env, cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        for job in jobs:
+            assert job is not None
+            assert (await job.result(timeout=60, poll_delay=0.05))["status"] == "stored"
+    finally:
+        worker.terminate()
+        output = (await worker.communicate())[0].decode(errors="replace")
+    assert worker.returncode == 0, output
     assert stored_counts(settings.database.url) == (len(ids), len(ids)), output
-    for job in jobs:
-        assert job is not None
-        assert (await job.result(timeout=5, poll_delay=0.05))["status"] == "stored"
     assert await redis_client.zcard(queue) == 0
     assert await redis_client.zcard("notify:events") == 0 and await redis_client.zcard("arq:queue") == 0
 

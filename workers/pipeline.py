@@ -1,6 +1,6 @@
 """The event pipeline for a batch of events: validate, render, store (one transaction), then push.
 
-Both engines run it — the batched consumer (workers/consumer.py) and the plain arq job (workers/jobs.py).
+The batched consumer (workers/consumer.py) runs it for every batch it claims.
 Each event ends in one of four verdicts; store faults that concern the whole batch are raised as
 StoreUnavailable (stores.py decides which faults those are):
 

@@ -1,26 +1,20 @@
-"""`arq workers.settings.WorkerSettings`: arq's own worker, configured like every other command.
+"""`arq workers.settings.WorkerSettings` is retired: `notify-server worker` is the one engine (issue 17).
 
-The Redis URL, queue name, tries, timeouts and concurrency come from the same settings loader
-(`NOTIFY_CONFIG`, `NOTIFY_*`, config.yaml) as `notify-server`, read when arq imports this module (arq
-reads a settings class's attributes); a bad configuration stops it with one line, as the CLI does.
-Import `workers.arq_worker` instead to build arq options for settings of your own.
+arq's own Worker used to run the same pipeline beside the batched consumer, on the same keys, with other
+failure rules (arq failed a timed-out job at once and counted tries its own way). Two engines on one
+protocol drift apart, so there is one. A deployment that still starts arq's worker by this path gets one
+line saying what to run instead, and exit code 1 — never a second engine. Producers are unaffected: arq's
+`enqueue_job` and `Job.result()` keep working against `notify-server worker`.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
 
-from notify_server.core.settings import ConfigError, load_settings
-from workers.arq_worker import arq_worker_options
+RETIRED = (
+    "notify-server: arq's own worker is retired; run `notify-server worker` instead (the same queue, keys, "
+    "configuration and job results; one engine, one retry policy)"
+)
 
-
-def _load() -> dict[str, Any]:
-    try:
-        return arq_worker_options(load_settings())
-    except ConfigError as exc:
-        print(f"notify-server: config error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-
-WorkerSettings = type("WorkerSettings", (), _load())
+print(RETIRED, file=sys.stderr)
+raise SystemExit(1)

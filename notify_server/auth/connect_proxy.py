@@ -35,6 +35,14 @@ class ProxyUnavailable(Exception):
     """The app could not tell now; the message says why, for the log."""
 
 
+class ProxyBusy(ProxyUnavailable):
+    """The app was not asked: this node's budget of calls to it is spent for now (auth.proxy_node_*)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class _AnswerSchema(Schema):
     class Meta:
         unknown = EXCLUDE  # the app may say more than we need
@@ -125,7 +133,10 @@ def _identity(body: bytes, forwarded: ForwardedHeaders) -> Identity:
         raise ProxyUnavailable("the app's answer is unusable: user_id is blank or holds NUL")
     expires_at: dt.datetime | None = answer["expires_at"]
     if expires_at is not None:
-        expires_at = expires_at.astimezone(dt.UTC)
+        try:
+            expires_at = expires_at.astimezone(dt.UTC)
+        except OverflowError:  # 9999-12-31T23:59:59-01:00 is past the last date a datetime holds
+            raise ProxyUnavailable("the app's answer is unusable: expires_at out of range") from None
         if expires_at <= dt.datetime.now(dt.UTC):
             raise ProxyRefused("the app answered an expires_at in the past")
     return Identity(user_id=user_id, method=PROXY, expires_at=expires_at, forwarded=forwarded)

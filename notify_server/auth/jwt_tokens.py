@@ -23,6 +23,7 @@ MAX_JWT_CHARS = 8192  # longer is no token of ours; refused before any parsing
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.ExpiredSignatureError, "expired"),
     (jwt.ImmatureSignatureError, "not valid yet (nbf or iat in the future)"),
+    (jwt.InvalidIssuedAtError, "iat is not a number"),
     (jwt.InvalidAudienceError, "wrong audience"),
     (jwt.InvalidIssuerError, "wrong issuer"),
     (jwt.InvalidSignatureError, "bad signature"),
@@ -85,7 +86,12 @@ class JwtVerifier:
             reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), type(exc).__name__)
             raise TokenRefused(reason) from None
         user_id = self._user_id(claims)
-        expires_at = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
+        try:
+            # PyJWT has checked that exp is a number and not past; it may still be past any date
+            # (1e20, 10**400, year 10000), which no timer or frame could carry.
+            expires_at = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
+        except (OverflowError, ValueError, OSError):
+            raise TokenRefused("exp out of range") from None
         return Identity(user_id=user_id, method=JWT, expires_at=expires_at)
 
     def _user_id(self, claims: dict[str, Any]) -> str:

@@ -9,6 +9,14 @@ CLOSE_TRY_AGAIN = 1013  # Postgres or Redis unreachable while connecting: reconn
 CLOSE_UNAUTHORIZED = 4001  # no, invalid, expired or revoked session
 CLOSE_TOO_SLOW = 4008  # the per-connection send queue overflowed
 CLOSE_TOO_MANY_CONNECTIONS = 4029  # over limits.max_connections_per_user
+# The same code, for a socket over a rate limit (refresh frames; calls to the app's proxy endpoint from
+# its address): the client's answer is the same — wait a while before reconnecting.
+CLOSE_TOO_MANY_ATTEMPTS = CLOSE_TOO_MANY_CONNECTIONS
+# Every code above: the disconnect metric's labels (notify_server.core.metrics).
+CLOSE_CODES = (
+    CLOSE_GOING_AWAY, CLOSE_ABNORMAL, CLOSE_TOO_BIG, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED,
+    CLOSE_TOO_SLOW, CLOSE_TOO_MANY_CONNECTIONS,
+)
 
 # arq job names.
 JOB_PROCESS_EVENT = "process_event"

@@ -7,9 +7,23 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from notify_server.core.constants import CLOSE_CODES
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-__all__ = ["CONTENT_TYPE_LATEST", "ServerMetrics", "WorkerMetrics", "render"]
+# The labels of notify_disconnects_total: the close codes this server sends or counts, and the standard
+# ones a client may send (RFC 6455 §7.4.1). Any other code — a client may close with any of 3000-4999, and
+# 5000-65535 reach us too — is "other": one client must not be able to mint a series per code.
+DISCONNECT_LABELS = frozenset(str(code) for code in (*CLOSE_CODES, 1000, 1002, 1003, 1005, 1007, 1008, 1010, 1012))
+OTHER_CLOSE_CODE = "other"
+
+__all__ = ["CONTENT_TYPE_LATEST", "ServerMetrics", "WorkerMetrics", "disconnect_label", "render"]
+
+
+def disconnect_label(code: int) -> str:
+    """The `code` label of a disconnect: the code itself when it is one of DISCONNECT_LABELS, else "other"."""
+    label = str(code)
+    return label if label in DISCONNECT_LABELS else OTHER_CLOSE_CODE
 
 
 def render(registry: CollectorRegistry) -> bytes:
@@ -30,7 +44,8 @@ class ServerMetrics:
         self.open_connections.set_function(connection_count)
         self.connects = Counter("notify_connects", "WebSocket connections accepted", registry=self.registry)
         self.disconnects = Counter(
-            "notify_disconnects", "WebSocket connections ended, by close code", ["code"], registry=self.registry
+            "notify_disconnects", "WebSocket connections ended, by close code (a fixed set; the rest is other)",
+            ["code"], registry=self.registry,
         )
         self.auth_failures = Counter(
             "notify_auth_failures", "Requests and upgrades refused for a missing or invalid session",
@@ -46,13 +61,22 @@ class ServerMetrics:
         )
         self.loop_restarts = _loop_restarts(self.registry)
         self.refreshes = Counter(
-            "notify_auth_refreshes", "In-band refresh frames, by result (ok, unauthorized, unavailable)",
+            "notify_auth_refreshes", "In-band refresh frames, by result (ok, unauthorized, unavailable, limited)",
             ["result"], registry=self.registry,
         )
         self.published = Counter(
             "notify_published_events", "Events sent to the HTTP publish API, by result (queued, duplicate, rejected)",
             ["status"], registry=self.registry,
         )
+
+        self.rate_limited = Counter(
+            "notify_rate_limited", "Attempts refused by a rate limit, by limit (refresh, proxy_client, proxy_node)",
+            ["limit"], registry=self.registry,
+        )
+
+    def disconnected(self, code: int) -> None:
+        """Count a connection that ended with this close code (labelled by disconnect_label)."""
+        self.disconnects.labels(disconnect_label(code)).inc()
 
 
 class WorkerMetrics:

@@ -159,6 +159,10 @@ class WebSocketSettings:
         ("http://localhost:8080", "http://127.0.0.1:8080"), item_validate=validate.Length(min=1)
     )
     max_frame_bytes: int = setting(4096, validate=validate.Range(min=64))
+    # In-band refresh frames (notify_server.web.refresh), per socket: refresh_burst back to back, then one
+    # more each refresh_interval_s; over that the socket is closed with 4029.
+    refresh_burst: int = setting(5, validate=validate.Range(min=1, max=1000))
+    refresh_interval_s: float = setting(10.0, validate=_positive)
 
 
 @after_load(WebSocketSettings)
@@ -221,7 +225,6 @@ class RetentionSettings:
 class WorkerSettingsConfig:
     poll_delay_s: float = setting(0.25, validate=_positive)
     batch_max: int = setting(200, validate=validate.Range(min=1, max=5000))
-    max_jobs: int = setting(50, validate=validate.Range(min=1))
     job_timeout_s: float = setting(60.0, validate=_positive)
     max_tries: int = setting(20, validate=validate.Range(min=1))
     retry_backoff_max_s: float = setting(60.0, validate=_positive)
@@ -247,6 +250,12 @@ class AuthSettings:
     proxy_url: str = setting("", validate=_url("http", "https"))
     proxy_timeout_s: float = setting(2.0, validate=validate.Range(min=0, max=60, min_inclusive=False))
     proxy_cookies: tuple[str, ...] = setting((), item_validate=validate.Length(min=1))
+    # Calls to proxy_url on behalf of incoming connects, requests and refreshes (never the re-checks of
+    # open sockets): per client address (over: 4029 / 429) and per node (over: 1013 / 503). 0 = no limit.
+    proxy_client_burst: int = setting(30, validate=_non_negative)
+    proxy_client_per_s: float = setting(5.0, validate=_non_negative)
+    proxy_node_burst: int = setting(500, validate=_non_negative)
+    proxy_node_per_s: float = setting(250.0, validate=_non_negative)
 
 
 @after_load(AuthSettings)

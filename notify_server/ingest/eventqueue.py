@@ -1,7 +1,7 @@
 """The event queue: arq's key layout, spoken in one place — enqueue, claim, retry, finish, results.
 
-Producers, `Job.result()` and a plain arq worker (`arq workers.settings.WorkerSettings`) all keep working
-beside `notify-server worker`, because every key is arq's own:
+Producers (arq's `enqueue_job` among them) and `Job.result()` keep working with `notify-server worker`,
+because every key is arq's own:
 
 - `arq:job:<id>` holds the job (JSON or arq's pickle, notify_server.ingest.jobcodec), `<queue>` (a sorted set)
   its due time in ms; the event id is the job id, so a duplicate is refused while either the job or its

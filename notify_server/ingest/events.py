@@ -7,9 +7,12 @@ from typing import Any
 
 from marshmallow import ValidationError
 
+from notify_server.core.logs import printable
 from notify_server.core.schemas import first_error, load_event
 from notify_server.core.templates import MissingVariable, Template, UnusableValue
 from notify_server.storage.notifications import NewNotifications, Recipient
+
+MAX_FIELD_NAME_CHARS = 100  # of a field name the producer chose, in a rejection reason (and so a log line)
 
 # The labels of the rejection metric: a fixed set, never text from the event itself.
 REJECTION_FIELDS = frozenset(
@@ -35,6 +38,17 @@ def event_id_for_log(raw: Any) -> str:
     return "?"
 
 
+def _named_printably(messages: Any) -> Any:
+    """The path first_error follows through marshmallow's messages, its names escaped and cut: they are
+    the event's own keys (an unknown field's name may hold a newline, or be a megabyte long)."""
+    if isinstance(messages, dict) and messages:
+        key, value = next(iter(messages.items()))
+        return {printable(str(key), MAX_FIELD_NAME_CHARS): _named_printably(value)}
+    if isinstance(messages, list) and messages and not isinstance(messages[0], str):
+        return [_named_printably(messages[0])]
+    return messages
+
+
 def parse_event(raw: Any, templates: Mapping[str, Template]) -> NewNotifications:
     """Validate an event and render its notification; raises EventRejected."""
     if not isinstance(raw, Mapping):
@@ -42,7 +56,7 @@ def parse_event(raw: Any, templates: Mapping[str, Template]) -> NewNotifications
     try:
         event = load_event(dict(raw))
     except ValidationError as exc:
-        raise EventRejected(first_error(exc.messages)) from None
+        raise EventRejected(first_error(_named_printably(exc.messages))) from None
     template = templates.get(event["event_type"])
     if template is None:
         raise EventRejected(f"event_type: no template for {event['event_type']!r}")

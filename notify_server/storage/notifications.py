@@ -72,7 +72,7 @@ class UnreadState:
 
     count: int
     version: int
-    unseen: int = 0
+    unseen: int | None = None  # None: not known (a push job of a worker of the previous release)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 The manager owns the map (the `dict[str, set[WebSocket]]` of SPEC §7), each socket's state, its expiry
 timer and its outbox; delivery, the heartbeat and the session watcher call its methods and never reach
-into them. `register_connection` / `remove_connection` / `push_to_user` / `push_unread_count` (and the
-batch `deliver`) are what production runs.
+into them. `register_connection` / `remove_connection` / `push_to_user` / `push_unread_count` are what production
+runs: the push consumer (transport/delivery.py) calls the last two for every frame and count it reads.
 
 Each socket has a bounded outbox: a push
 appends the (already serialised) frame and returns at once; a short-lived writer task drains the outbox,
@@ -31,7 +31,6 @@ from notify_server.core.constants import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_TOO_SLOW
 from notify_server.core.identity import SESSION, Identity
 from notify_server.storage.notifications import UnreadState
 from notify_server.transport.frames import unread_count_frame
-from notify_server.transport.push import PushItem, PushJob
 
 logger = logging.getLogger("notify.connections")
 
@@ -204,25 +203,6 @@ class NotificationWebSocketManager:
             return self._push_unread(user_id, unread_count_frame(unread), None)
         return self._push_unread(user_id, unread_count_frame(unread.count, unread.version, unread.unseen),
                                  unread.version)
-
-    def deliver(self, jobs: Sequence[PushJob]) -> None:
-        """The batch form of push_to_user + push_unread_count, for this node's push jobs: every frame to
-        its user's sockets here, then each user's newest unread count once (coalesced per batch)."""
-        newest_unread: dict[str, PushItem] = {}
-        for job in jobs:
-            for item in job.items:
-                if item.user_id not in self._connections:
-                    continue  # the user left this node since the worker looked
-                if item.frame is not None:
-                    self._push_frame(item.user_id, item.frame, item.notification_id)
-                if item.unread_count is not None:
-                    seen = newest_unread.get(item.user_id)
-                    if seen is None or (item.unread_version or 0) >= (seen.unread_version or 0):
-                        newest_unread[item.user_id] = item
-        for user_id, item in newest_unread.items():
-            count = item.unread_count or 0
-            self._push_unread(user_id, unread_count_frame(count, item.unread_version, item.unseen_count),
-                              item.unread_version)
 
     def _push_frame(self, user_id: str, text: str, notification_id: str | None) -> int:
         return self._each_socket(user_id, lambda ws: self._send(ws, text, notification_id))

@@ -21,6 +21,7 @@ import time
 from notify_server.core.supervisor import LoopHealth
 from notify_server.storage.notifications import NotificationRepository
 from notify_server.transport.connections import NotificationWebSocketManager
+from notify_server.transport.delivery import deliver
 from notify_server.transport.frames import RESYNC_FRAME, notification_frames
 from notify_server.transport.push import PushItem, PushJob
 
@@ -91,7 +92,7 @@ class PushGapRepair:
                 items += [PushItem(user_id, frames[n.notification_id], n.notification_id) for n in user_rows]
                 items.append(PushItem(user_id, unread_count=state.count, unread_version=state.version,
                                       unseen_count=state.unseen))
-            self._manager.deliver([PushJob(items=items, enqueued_at=time.time())])
+            await deliver(self._manager, [PushJob(items=items, enqueued_at=time.time())])
             queued += len(items)
         logger.info("delivery repaired after a presence or push-stream outage: %d frame(s) for %d user(s)",
                     queued, len(users))

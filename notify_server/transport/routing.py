@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 
+from redis.asyncio import Redis
+
+from notify_server.core.settings import Settings
 from notify_server.storage.notifications import UnreadState
 from notify_server.transport.presence import Presence
-from notify_server.transport.push import PushItem, PushTransport
+from notify_server.transport.push import PushItem, PushTransport, StreamPushTransport
 
 
 def group_by_node(nodes: Mapping[str, Sequence[str]], items: Sequence[PushItem]) -> dict[str, list[PushItem]]:
@@ -26,6 +29,15 @@ class PushRouter:
     def __init__(self, presence: Presence, transport: PushTransport) -> None:
         self._presence = presence
         self._transport = transport
+
+    @classmethod
+    def writer(cls, redis: Redis, settings: Settings) -> PushRouter:
+        """A router for a process that writes push jobs and reads none (a worker, `notify-server prune`)."""
+        transport = StreamPushTransport(
+            redis, maxlen=settings.push.stream_maxlen, stream_ttl_s=settings.presence.ttl_s,
+            job_expiry_s=settings.push.job_expiry_s,
+        )
+        return cls(Presence(redis, settings.presence.ttl_s), transport)
 
     async def route(self, user_ids: Collection[str], items_for: Callable[[set[str]], Sequence[PushItem]]) -> int:
         """Push `items_for(online users)` to the nodes holding them; returns push jobs written. The items

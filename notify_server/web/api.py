@@ -11,7 +11,7 @@ from typing import Any
 import psycopg2.errors
 from aiohttp import web
 
-from notify_server.auth.authenticator import REST, AuthUnavailable, rest_credentials
+from notify_server.auth.authenticator import REST, AuthUnavailable, TooManyAttempts, rest_credentials
 from notify_server.auth.origins import origin_allowed
 from notify_server.core.identity import Identity
 from notify_server.core.metrics import CONTENT_TYPE_LATEST, render
@@ -28,14 +28,22 @@ def json_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+def retry_after(response: web.Response, seconds: int | None) -> web.Response:
+    """The response with Retry-After, when the node knows how long (a rate limit refilling)."""
+    if seconds is not None:
+        response.headers["Retry-After"] = str(seconds)
+    return response
+
+
 _STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type", 500: "internal_error",
-    503: "unavailable",
+    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type", 429: "too_many_requests",
+    500: "internal_error", 503: "unavailable",
 }
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_KEPT_ERROR_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
@@ -57,7 +65,11 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_error(exc.status, _STATUS_CODES.get(exc.status, "error"), exc.reason)
+        response = json_error(exc.status, _STATUS_CODES.get(exc.status, "error"), exc.reason)
+        # What the status needs beside the body: RFC 9110 requires Allow on a 405 (aiohttp sets it on the
+        # exception); Retry-After and WWW-Authenticate where a handler set them.
+        response.headers.update({name: exc.headers[name] for name in _KEPT_ERROR_HEADERS if name in exc.headers})
+        return response
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -84,8 +96,12 @@ async def authenticate(request: web.Request) -> Identity:
             raise web.HTTPForbidden(reason="origin not allowed for a cookie-authenticated change")
     try:
         identity = await authenticator.authenticate(credentials, REST)
-    except AuthUnavailable:
-        raise web.HTTPServiceUnavailable(reason="temporarily unavailable; try again shortly") from None
+    except TooManyAttempts as exc:
+        raise web.HTTPTooManyRequests(reason="too many attempts; retry later",
+                                      headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except AuthUnavailable as exc:
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+        raise web.HTTPServiceUnavailable(reason="temporarily unavailable; try again shortly", headers=headers) from None
     if identity is None:
         request.app[appkeys.METRICS].auth_failures.labels("rest").inc()
         raise web.HTTPUnauthorized(reason="a valid session is required (cookie session_id or Bearer token)")

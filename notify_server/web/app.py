@@ -145,6 +145,7 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
         on_last_connection=became_absent,
     )
     metrics = ServerMetrics(lambda: manager.connection_count)
+    app[appkeys.AUTH].proxy_budget.on_limited = lambda limit: metrics.rate_limited.labels(limit).inc()
     manager.on_frames_sent = metrics.frames_pushed.inc
     transport = StreamPushTransport(
         app[appkeys.REDIS],

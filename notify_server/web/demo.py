@@ -22,6 +22,17 @@ DEMO_DIR = Path(__file__).resolve().parent.parent / "static" / "demo"
 DEMO_SESSION_TTL_S = 12 * 3600
 
 
+class DevStatus:
+    """What `notify-server dev` knows and the page must show: embedded servers that stopped (name ->
+    one line saying so; notify_server.ops.dev fills it)."""
+
+    def __init__(self) -> None:
+        self.problems: dict[str, str] = {}
+
+
+DEV_STATUS = web.AppKey("dev_status", DevStatus)
+
+
 class SignInSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -119,6 +130,12 @@ async def emit(request: web.Request) -> web.Response:
     return web.json_response({"event_id": event["event_id"]}, status=202)
 
 
+async def status(request: web.Request) -> web.Response:
+    """`GET /dev/status`: {"problems": [one line per stopped embedded server]}; the page shows them."""
+    problems = request.app[DEV_STATUS].problems
+    return web.json_response({"problems": [problems[name] for name in sorted(problems)]})
+
+
 async def demo_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(DEMO_DIR / "index.html")
 
@@ -131,3 +148,5 @@ def add_demo_routes(app: web.Application) -> None:
     app.router.add_get("/dev/whoami", whoami)
     app.router.add_get("/dev/templates", templates)
     app.router.add_post("/dev/emit", emit)
+    app[DEV_STATUS] = DevStatus()
+    app.router.add_get("/dev/status", status)

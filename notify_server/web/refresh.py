@@ -6,7 +6,8 @@ validates for the *same* user, the socket moves onto it (new expiry timer; for a
 the new session apply) and gets `{"type": "refreshed", "data": {"expires_at": …}}`; otherwise the
 socket is closed with 4001 (1013 when the stores or the app's endpoint cannot tell). Every other frame
 is read and ignored, as before. A refresh is handled by the socket's own read loop, so one client has at
-most one in flight.
+most one in flight; how many a socket may send is bounded (websocket.refresh_*, counted by the handler in
+notify_server.web.ws: over it, close 4029).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from notify_server.auth.authenticator import WEBSOCKET, AuthUnavailable, refresh_credentials
-from notify_server.core.constants import CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
+from notify_server.auth.authenticator import WEBSOCKET, AuthUnavailable, TooManyAttempts, refresh_credentials
+from notify_server.core.constants import CLOSE_TOO_MANY_ATTEMPTS, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED
 from notify_server.core.stores import describe, unavailable
 from notify_server.transport.connections import WebSocketLike
 from notify_server.transport.frames import refreshed_frame
@@ -42,15 +43,21 @@ def refresh_token(text: str) -> str | None:
     return token if isinstance(token, str) else ""
 
 
-async def handle_refresh(app: web.Application, ws: WebSocketLike, user_id: str, token: str) -> int | None:
-    """Apply a refresh frame; returns the close code when the socket must close (4001, 1013), else None."""
+async def handle_refresh(
+    app: web.Application, ws: WebSocketLike, user_id: str, token: str, client: str | None = None
+) -> int | None:
+    """Apply a refresh frame; returns the close code when the socket must close (4001, 1013, 4029), else
+    None. `client`: the socket's peer address (the proxy method's per-client limit counts by it)."""
     metrics = app[appkeys.METRICS]
     if not token:
         logger.info("refresh refused: the frame carries no token")
         metrics.refreshes.labels("unauthorized").inc()
         return CLOSE_UNAUTHORIZED
     try:
-        identity = await app[appkeys.AUTH].authenticate(refresh_credentials(token), WEBSOCKET)
+        identity = await app[appkeys.AUTH].authenticate(refresh_credentials(token, client), WEBSOCKET)
+    except TooManyAttempts:
+        metrics.refreshes.labels("limited").inc()
+        return CLOSE_TOO_MANY_ATTEMPTS
     except AuthUnavailable:
         metrics.refreshes.labels("unavailable").inc()
         return CLOSE_TRY_AGAIN

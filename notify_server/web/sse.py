@@ -28,13 +28,10 @@ import random
 import orjson
 from aiohttp import web
 
-from notify_server.auth.authenticator import AuthUnavailable, websocket_credentials
 from notify_server.auth.origins import origin_allowed
-from notify_server.core.constants import CLOSE_ABNORMAL, CLOSE_TRY_AGAIN
-from notify_server.core.stores import describe, unavailable
 from notify_server.web import appkeys
+from notify_server.web.admission import Refusal, admit, registered
 from notify_server.web.api import json_error
-from notify_server.web.ws import send_first_frames
 
 logger = logging.getLogger("notify.sse")
 
@@ -110,23 +107,11 @@ class SseStream:
 async def notifications_sse(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[appkeys.SETTINGS]
-    metrics = app[appkeys.METRICS]
     if not origin_allowed(request.headers.get("Origin"), settings.websocket.allowed_origins):
         return json_error(403, "forbidden", "origin not allowed")
-    authenticator = app[appkeys.AUTH]
-    try:
-        identity = await authenticator.authenticate(websocket_credentials(request, authenticator.cookie_names), SSE)
-    except Exception as exc:
-        if not (isinstance(exc, AuthUnavailable) or unavailable(exc)):
-            raise
-        logger.warning("cannot authenticate an event stream now (%s)", describe(exc))
-        return json_error(503, "unavailable", "storage is unreachable; try again shortly")
-    if identity is None:
-        metrics.auth_failures.labels(SSE).inc()
-        return json_error(401, "unauthorized", "a valid session is required (cookie session_id or ?token=)")
-    manager = app[appkeys.MANAGER]
-    if manager.count(identity.user_id) >= settings.limits.max_connections_per_user:
-        return json_error(429, "too_many_connections", "too many connections for this user")
+    admitted = await admit(request, SSE)
+    if isinstance(admitted, Refusal):
+        return admitted.response()
 
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -137,24 +122,8 @@ async def notifications_sse(request: web.Request) -> web.StreamResponse:
     # went away do not all come back in the same instant.
     await response.write(b"retry: %d\n\n" % random.randint(RETRY_MIN_MS, RETRY_MAX_MS))
     stream = SseStream(response, request.transport)
-    try:
-        await manager.register_connection(identity.user_id, stream, session_hash=identity.session_hash, hold=True,
-                                          identity=identity, streaming=True)
-        metrics.connects.inc()
-        app[appkeys.SESSION_WATCHER].watch(stream, identity.expires_at)
-        try:
-            await send_first_frames(request, stream, identity.user_id, request.headers.get("Last-Event-ID"))
-        except Exception as exc:
-            if not unavailable(exc):
-                raise
-            logger.warning("store unreachable while connecting (%s): closing with %d", describe(exc),
-                           CLOSE_TRY_AGAIN)
-            await stream.close(code=CLOSE_TRY_AGAIN)
-            return response
-        await stream.wait_closed()
-    finally:
-        state = manager.state_of(stream)
-        code = (state.close_code if state else None) or stream.close_code or CLOSE_ABNORMAL
-        metrics.disconnects.labels(str(code)).inc()
-        await manager.remove_connection(identity.user_id, stream)
+    since = request.headers.get("Last-Event-ID")
+    async with registered(request, admitted, stream, since=since, streaming=True) as registration:
+        if registration.open:
+            await stream.wait_closed()
     return response

@@ -383,6 +383,25 @@ async function emit(event) {
   }
 }
 
+// ---------------------------------------------------------------- dev status
+// `notify-server dev` says here when its embedded Postgres or Redis has stopped: without them nothing
+// can be signed in, stored or pushed, and the page must say so rather than fail quietly.
+
+const DEV_STATUS_MS = 2000;
+
+async function showDevStatus() {
+  let problems;
+  try {
+    const response = await fetch("/dev/status", { cache: "no-store" });
+    if (!response.ok) return;
+    ({ problems } = await response.json());
+  } catch (_) {
+    return; // the dev process itself is gone: the connection status says so
+  }
+  $("dev-problem-text").textContent = problems.join(" ");
+  $("dev-problem").hidden = problems.length === 0;
+}
+
 // ---------------------------------------------------------------- wiring
 
 async function main() {
@@ -410,6 +429,8 @@ async function main() {
     state.client.markAllSeen().catch((error) => flash(`Could not mark seen: ${error.message}`));
   });
   setInterval(() => state.items.size && renderList(), 30000); // keep "x min ago" fresh
+  showDevStatus();
+  setInterval(showDevStatus, DEV_STATUS_MS);
 
   try {
     const me = await api("GET", "/dev/whoami");
