@@ -112,3 +112,96 @@ def test_inbox_two_tabs_unseen_badge_archive_and_unread(browser: Any, dev_server
         assert errors == []
     finally:
         context.close()
+
+
+def test_client_inbox_calls_and_frames_with_a_scripted_server(browser: Any) -> None:  # noqa: F811
+    """notify-client.js's inbox API against a scripted server: each method's request (path, method, body),
+    onNotificationsUpdated, unseen beside the count, and one resync after a reconnect whose first count's
+    version moved on (states changed while away are not replayed)."""
+    import json
+    import re
+    import time
+
+    from playwright.sync_api import Route, WebSocketRoute
+
+    from tests.test_browser import CLIENT_JS, FAKE_ORIGIN, _frame
+
+    context = browser.new_context()
+    sockets: list[WebSocketRoute] = []
+    requests: list[tuple[str, str, Any]] = []
+
+    def serve(route: Route) -> None:
+        request = route.request
+        if request.url.endswith("/static/notify-client.js"):
+            route.fulfill(body=CLIENT_JS.read_text(), content_type="text/javascript")
+        elif "/api/" in request.url:
+            body = json.loads(request.post_data) if request.post_data else None
+            requests.append((request.method, request.url.removeprefix(FAKE_ORIGIN), body))
+            route.fulfill(body=json.dumps({"items": [], "next_before": None, "updated": 0}),
+                          content_type="application/json")
+        else:
+            route.fulfill(body="<!doctype html><title>client</title>", content_type="text/html")
+
+    try:
+        page = context.new_page()
+        page.route(f"{FAKE_ORIGIN}/**", serve)
+        page.route_web_socket(re.compile(r"^ws://notify\.test/ws/notifications"), lambda ws: sockets.append(ws))
+        page.goto(FAKE_ORIGIN + "/")
+        page.evaluate(
+            """async () => {
+                const { NotifyClient } = await import('/static/notify-client.js');
+                window.log = {counts: [], updates: [], resyncs: []};
+                window.client = new NotifyClient({
+                    backoffBaseMs: 20, backoffCapMs: 20, since: "n0",
+                    onUnreadCount: (count, info) => log.counts.push([count, info.unseen, info.version]),
+                    onNotificationsUpdated: (update) => log.updates.push(update),
+                    onResync: (info) => log.resyncs.push(info.reason),
+                });
+                window.client.start();
+                await client.markSeen("a");
+                await client.markUnread("a");
+                await client.archive("a");
+                await client.unarchive("a");
+                await client.markAllSeen();
+                await client.markAllRead({priority: ["URGENT", "HIGH"], read: false});
+                await client.archiveAll({eventType: "COMMENT_ADDED"});
+                await client.bulk("read", ["a", "b"]);
+                await client.counts({eventType: ["A", "B"], priority: "LOW"});
+                await client.list({archived: true, seen: false, eventType: "X"});
+            }"""
+        )
+        assert requests == [
+            ("POST", "/api/notifications/a/seen", None), ("POST", "/api/notifications/a/unread", None),
+            ("POST", "/api/notifications/a/archive", None), ("POST", "/api/notifications/a/unarchive", None),
+            ("POST", "/api/notifications/seen-all", None),
+            ("POST", "/api/notifications/read-all", {"filter": {"read": False, "priority": ["URGENT", "HIGH"]}}),
+            ("POST", "/api/notifications/archive-all", {"filter": {"event_type": ["COMMENT_ADDED"]}}),
+            ("POST", "/api/notifications/bulk", {"action": "read", "notification_ids": ["a", "b"]}),
+            ("GET", "/api/notifications/counts?event_type=A%2CB&priority=LOW", None),
+            ("GET", "/api/notifications?seen=false&event_type=X&archived=true", None),
+        ]
+
+        deadline = time.monotonic() + 5
+        while not sockets and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        first = sockets[0]
+        first.send(_frame("unread_count", {"count": 3, "unseen": 2, "version": 5}))
+        first.send(_frame("notifications_updated", {"notification_ids": ["a"], "archived": True}))
+        first.send(_frame("unread_count", {"count": 2, "unseen": 1, "version": 6}))
+        page.wait_for_function("() => window.log.counts.length === 2")
+        first.close(code=1006, reason="dropped")
+        while len(sockets) < 2 and time.monotonic() < deadline + 5:
+            page.wait_for_timeout(20)
+        second = sockets[1]
+        assert "since=n0" in second.url  # resumed: the server replays the missed notifications
+        second.send(_frame("unread_count", {"count": 2, "unseen": 0, "version": 7}))  # changed while away
+        page.wait_for_function("() => window.log.resyncs.length === 1")
+        second.send(_frame("unread_count", {"count": 2, "unseen": 0, "version": 8}))
+        page.wait_for_timeout(200)
+
+        log = page.evaluate("window.log")
+        assert log["counts"] == [[3, 2, 5], [2, 1, 6], [2, 0, 7], [2, 0, 8]]
+        assert log["updates"] == [{"notification_ids": ["a"], "archived": True}]
+        assert log["resyncs"] == ["reconnect"]  # once, for the count that moved while away
+    finally:
+        context.close()

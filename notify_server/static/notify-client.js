@@ -763,7 +763,7 @@ export class NotifyClient {
     // The first count of a connection is read fresh: always taken. Kept aside: a reconnect whose first
     // count is newer than the last one the previous connection got missed a change (see _onMessage).
     if (this._lastVersion !== null) this._versionBeforeDrop = this._lastVersion;
-    conn.checkMissed = this._connects > 1 && resumed && !replacing;
+    conn.checkMissed = this._connects > 1 && resumed && !replacing && this.options.resyncOnReconnect !== false;
     this._lastVersion = null;
     if (announce) this._setStatus("open", { transport: conn.kind });
     const resync = this.options.resyncOnReconnect;
