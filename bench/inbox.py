@@ -12,8 +12,9 @@ notifications, and migration 0007 on a million rows.
    call (NotificationRepository: one pooled connection, the SQL production runs), `--samples` calls of
    each kind for heavy users and as many for the others, interleaved: latency p50 / p99 in ms. One
    `EXPLAIN (ANALYZE, BUFFERS)` of each kind, for a heavy user, is printed.
-3. Bulk: `--bulk-rounds` rounds of read, unread, archive, unarchive, each on the 1,000 newest ids of a
-   heavy user (rotating), committed in one statement: latency p50 / p90 / max.
+3. Bulk: `--bulk-rounds` rounds, each on another heavy user: read, unread, seen, archive, unarchive, each
+   on 1,000 ids of that user that it changes (picked before the round, from different parts of the
+   inbox), committed in one statement: latency p50 / p90 / max.
 
     .venv/bin/python -m bench.inbox [--rows 1000000] [--users 10000] [--heavy 50] [--samples 1000]
 """
@@ -190,7 +191,7 @@ async def queries(url: str, args: argparse.Namespace) -> dict[str, Any]:
         results["bulk"] = await bulk(db, repo, heavy, args)
         # Right after the bulk actions the heavy users' pages are not all-visible (until autovacuum runs):
         # their counts visit the table for each changed row.
-        touched = heavy[: min(len(heavy), args.bulk_rounds)]
+        touched = heavy[: min(len(heavy), args.bulk_rounds)]  # each had 5,000 rows changed just now
         after = await sample(kinds["counts"], touched, args.samples // 10, rng)
         _vacuum(url)
         vacuumed = await sample(kinds["counts"], touched, args.samples // 10, rng)
@@ -225,25 +226,42 @@ def _plans(url: str, heavy_user: str) -> dict[str, str]:
     return {name: explain(url, sql, {**user, **params}) for name, (sql, params) in plans.items()}
 
 
+# Which 1,000 ids of a heavy user each action gets: ones it changes (the worst case: every row changes),
+# taken before the round starts, from different parts of the user's inbox.
+_BULK_PICKS = {
+    "read": "read_at IS NULL AND archived_at IS NULL ORDER BY seq DESC",
+    "unread": "read_at IS NOT NULL AND archived_at IS NULL ORDER BY seq DESC",
+    "seen": "seen_at IS NULL AND read_at IS NULL AND archived_at IS NULL ORDER BY seq ASC",
+    "archive": "archived_at IS NULL AND read_at IS NOT NULL ORDER BY seq ASC",
+    "unarchive": "archived_at IS NOT NULL ORDER BY seq DESC",
+}
+
+
 async def bulk(
     db: Database, repo: NotificationRepository, heavy: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
-    times: dict[str, list[float]] = {name: [] for name in ("read", "unread", "archive", "unarchive")}
+    times: dict[str, list[float]] = {name: [] for name in _BULK_PICKS}
+    changed_rows: dict[str, list[int]] = {name: [] for name in _BULK_PICKS}
     for round_ in range(args.bulk_rounds):
         user = heavy[round_ % len(heavy)]
+        picks: dict[str, list[str]] = {}
         async with db.connection() as conn, conn.cursor() as cur:
-            await cur.execute("SELECT notification_id::text FROM notifications WHERE recipient_id = %s"
-                              " ORDER BY seq DESC LIMIT %s", (user, BULK_IDS))
-            ids = [row[0] for row in await cur.fetchall()]
-        for action in times:
+            for action, where in _BULK_PICKS.items():
+                await cur.execute(f"SELECT notification_id::text FROM notifications WHERE recipient_id = %s"
+                                  f" AND {where} LIMIT %s", (user, BULK_IDS))
+                picks[action] = [row[0] for row in await cur.fetchall()]
+        for action, ids in picks.items():
             started = time.perf_counter()
             changed = await repo.change(user, action, ids=ids)
             times[action].append((time.perf_counter() - started) * 1000)
-            assert len(changed.notification_ids) <= BULK_IDS
+            changed_rows[action].append(len(changed.notification_ids))
     every = [t for values in times.values() for t in values]
-    summary = {action: {"p50": statistics.median(v), "p90": percentile(v, 0.9), "max": max(v)}
-               for action, v in times.items()}
-    summary["all"] = {"p50": statistics.median(every), "p90": percentile(every, 0.9), "max": max(every)}
+    summary: dict[str, Any] = {
+        action: {"p50": statistics.median(v), "p90": percentile(v, 0.9), "max": max(v),
+                 "rows changed (median)": statistics.median(changed_rows[action])}
+        for action, v in times.items()}
+    summary["all"] = {"p50": statistics.median(every), "p90": percentile(every, 0.9), "max": max(every),
+                      "rows changed (median)": statistics.median([n for v in changed_rows.values() for n in v])}
     return summary
 
 
@@ -277,7 +295,8 @@ def main() -> None:
         print(f"{name:<40} {h['p50']:9.2f} {h['p99']:7.2f}   {o['p50']:10.2f} {o['p99']:7.2f}")
     print(f"\nbulk action on {BULK_IDS:,} ids, one statement (ms):")
     for action, figures in found["bulk"].items():
-        print(f"  {action:<10} p50 {figures['p50']:6.1f}  p90 {figures['p90']:6.1f}  max {figures['max']:6.1f}")
+        print(f"  {action:<10} p50 {figures['p50']:6.1f}  p90 {figures['p90']:6.1f}  max {figures['max']:6.1f}"
+              f"  (rows changed: {figures['rows changed (median)']:.0f})")
     for state, figures in found["counts after bulk actions"].items():
         print(f"counts of the users just acted on, {state}: p50 {figures['p50']:.2f} p99 {figures['p99']:.2f} ms")
     for name, plan in found["plans"].items():
