@@ -222,6 +222,10 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.plan_cache_mode != "force_custom_plan":  # migration 0006's setting, undone to compare
             async with db.connection() as conn, conn.cursor() as cur:
                 await cur.execute(f"ALTER FUNCTION notify_store_events_v2 SET plan_cache_mode = {args.plan_cache_mode}")
+        if args.autovacuum == "default":  # 0007 vacuums this table after 2 % of it changed; undone to compare
+            async with db.connection() as conn, conn.cursor() as cur:
+                await cur.execute("ALTER TABLE notifications RESET (autovacuum_vacuum_scale_factor,"
+                                  " autovacuum_vacuum_insert_scale_factor)")
         ways: dict[str, tuple[Database, StoreWay]] = {"function (0007)": (db, repo.store_events)}
         if args.against == "0006":
             old_url = stack.enter_context(_database_at_0006(server))
@@ -255,6 +259,8 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=0, help="rows stored before the first batch")
     parser.add_argument("--sizes", default="1x1,10x1,50x1,1x100,1x2000",
                         help="EVENTSxRECIPIENTS per batch, comma-separated")
+    parser.add_argument("--autovacuum", default="0007", choices=["0007", "default"],
+                        help="the notifications table's autovacuum scale factors: 0007's (2 %%) or Postgres's (20 %%)")
     parser.add_argument("--against", default="statements", choices=["statements", "0006"],
                         help="the other side: the five statements, or the store function before migration 0007")
     asyncio.run(main_async(parser.parse_args()))

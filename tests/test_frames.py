@@ -14,6 +14,7 @@ from notify_server.transport.frames import (
     notification_data,
     notification_frame,
     notification_frames,
+    notifications_updated_frame,
     unread_count_frame,
 )
 
@@ -56,6 +57,14 @@ def test_notification_frame_has_exactly_the_spec_keys_and_nothing_internal() -> 
 def test_unread_count_frame_carries_count_and_version() -> None:
     assert orjson.loads(unread_count_frame(5, 41)) == {"type": "unread_count", "data": {"count": 5, "version": 41}}
     assert orjson.loads(unread_count_frame(0)) == {"type": "unread_count", "data": {"count": 0}}
+    assert unread_count_frame(5, 42, 2) == '{"type":"unread_count","data":{"count":5,"unseen":2,"version":42}}'
+
+
+def test_notifications_updated_carries_the_ids_and_only_the_flags_given() -> None:
+    assert orjson.loads(notifications_updated_frame(["a", "b"], {"archived": True})) == {
+        "type": "notifications_updated", "data": {"notification_ids": ["a", "b"], "archived": True}}
+    assert orjson.loads(notifications_updated_frame(["a"], {"read": False})) == {
+        "type": "notifications_updated", "data": {"notification_ids": ["a"], "read": False}}
 
 
 def test_the_hand_built_frame_data_is_the_payload_schemas_dump() -> None:
