@@ -126,6 +126,9 @@ async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) ->
             earlier = await _stored_earlier(context, [n.event_id for _, n in chunk if n.event_id in retried],
                                             stored_now)
             metrics.push_jobs.inc(await push_stored(context, stored_now, earlier))
+            if context.web_push is not None:  # issue 20: sent by the workers' web push loop, off this path
+                await context.web_push.enqueue([n for e in stored_now for n in e.notifications]
+                                               + [n for n, _ in earlier])
         except Exception as exc:  # the rows are committed: a retry of the batch pushes them again
             _raise_if_unavailable(exc)
             raise
