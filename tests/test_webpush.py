@@ -454,3 +454,28 @@ async def test_an_expired_browser_subscription_is_not_pushed(
         await queue_drained(redis_client, push_settings)
 
     assert push_service.requests == 0
+
+
+async def test_a_user_who_opened_a_tab_after_the_event_was_queued_is_not_pushed(
+    aiohttp_client, push_settings: Settings, push_service: PushService, sessions: SessionStore,
+    redis_client: Redis, repository: Any,
+) -> None:
+    """The pipeline leaves out the recipients its WebSocket push reached; the sender asks presence again
+    right before sending, for those who connected in between."""
+    here = await sessions.create("here", ttl_s=3600)
+    away = await sessions.create("away", ttl_s=3600)
+    node = await start_node(aiohttp_client, push_settings)
+    here_browser, away_browser = push_service.subscribe(), push_service.subscribe()
+    await subscribe(node, here.token, here_browser)
+    await subscribe(node, away.token, away_browser)
+    (stored,) = await repository.store_events([NewNotifications(
+        "wp-late-tab", "COMMENT_ADDED", "t", "b", "LOW", None, {}, [Recipient("here"), Recipient("away")])])
+    await WebPushQueue(redis_client, maxlen=1000).enqueue(stored.notifications)  # both queued, both away
+    await connect_and_count(node, here.token)  # then "here" opens a tab
+
+    async with running_worker(push_settings):
+        await push_service.wait_for(1)
+        await queue_drained(redis_client, push_settings)
+
+    assert len(push_service.delivered_to(away_browser)) == 1
+    assert push_service.delivered_to(here_browser) == []
