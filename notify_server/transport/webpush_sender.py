@@ -46,7 +46,7 @@ LOOP_NAME = "web-push-sender"
 WEB_PUSH_CHANNEL = "web_push"  # the channel key of the user preferences, beside in_app
 URGENCY = {"URGENT": "high", "HIGH": "normal", "NORMAL": "normal", "LOW": "low"}  # RFC 8030 §5.3
 MAX_ANSWER_BYTES = 1024  # of a push service's answer body; only the status and Retry-After matter
-ENTRIES_IN_FLIGHT = 32  # queue entries (up to 500 recipients each) one worker works on at once
+ENTRIES_IN_FLIGHT = 8  # queue entries (up to 500 recipients each) one worker works on at once
 READ_BLOCK_MS = 1000
 RETRY_FIRST_S = 1.0  # without Retry-After: 1 s, then 2 s, 4 s … up to web_push.retry_after_max_s
 _KEEP_CLAIMED_EVERY_S = CLAIM_IDLE_MS / 1000 / 3
@@ -134,7 +134,10 @@ class WebPushSender:
         self._consumer = consumer
         self._filter = channel_filter or AllowEveryone()
         self._hosts = AllowedHosts(settings.allowed_hosts)
-        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._slots = asyncio.Semaphore(settings.concurrency)  # requests in flight
+        # Messages encrypted and not finished (in flight or waiting for a retry): the encryption goes no
+        # further ahead of the push services than this.
+        self._pending = asyncio.Semaphore(settings.concurrency * 4)
 
     # ---------------------------------------------------------------- the loop
 
@@ -142,6 +145,9 @@ class WebPushSender:
         """Supervised (notify_server.core.supervisor): reads the queue for ever; entries whose delivery
         failed (Postgres or Redis away) stay pending and are taken again after CLAIM_IDLE_MS."""
         await self._queue.ensure_group()
+        # Fresh bounds per run: places held by messages cancelled before they started are not lost.
+        self._slots = asyncio.Semaphore(self._settings.concurrency)
+        self._pending = asyncio.Semaphore(self._settings.concurrency * 4)
         in_flight: dict[bytes, asyncio.Task[None]] = {}
         async with self._client() as http:
             try:
@@ -225,26 +231,41 @@ class WebPushSender:
             self._results.labels(Result.TOO_LARGE.value).inc(len(chosen))
             return
         urgency = URGENCY.get(batch.priority, "normal")
-        results = await asyncio.gather(*(
-            self.send(http, s, orjson.dumps({"type": "notification",
-                                             "data": {**data, "notification_id": notification_ids[s.user_id]}}),
-                      ttl_s=remaining_s, urgency=urgency)
-            for s in chosen
-        ))
+        sends: list[asyncio.Task[Result]] = []
+        try:
+            for subscription in chosen:
+                await self._pending.acquire()
+                plaintext = orjson.dumps({"type": "notification",
+                                          "data": {**data, "notification_id": notification_ids[subscription.user_id]}})
+                sends.append(asyncio.get_running_loop().create_task(
+                    self._send(http, subscription, plaintext, remaining_s, urgency)))
+                # ~0.2 ms of encryption per message: one per loop turn, so that the worker's event consumer
+                # (and every other message's answer) goes on between them. Started all at once, the
+                # 500 messages of a batch held the loop ~100 ms (bench/webpush_libs.py shows such a stall).
+                await asyncio.sleep(0)
+            results = await asyncio.gather(*sends)
+        except BaseException:
+            for task in sends:
+                task.cancel()
+            raise
         gone = [s.subscription_id for s, result in zip(chosen, results, strict=True) if result is Result.GONE]
         await self._subscriptions.delete(gone)
 
     # ---------------------------------------------------------------- one message
 
-    async def send(
-        self, http: aiohttp.ClientSession, subscription: PushSubscription, plaintext: bytes, *, ttl_s: int, urgency: str
+    async def _send(
+        self, http: aiohttp.ClientSession, subscription: PushSubscription, plaintext: bytes, ttl_s: int, urgency: str
     ) -> Result:
-        """One message to one subscription, retried as the answers allow; counted by its result."""
-        result = await self._send(http, subscription, plaintext, ttl_s, urgency)
+        """One message to one subscription, retried as the answers allow; counted by its result. Holds
+        one of the `_pending` places from before it was started until it ends."""
+        try:
+            result = await self._attempts(http, subscription, plaintext, ttl_s, urgency)
+        finally:
+            self._pending.release()
         self._results.labels(result.value).inc()
         return result
 
-    async def _send(
+    async def _attempts(
         self, http: aiohttp.ClientSession, subscription: PushSubscription, plaintext: bytes, ttl_s: int, urgency: str
     ) -> Result:
         endpoint = subscription.endpoint
@@ -252,7 +273,11 @@ class WebPushSender:
         if problem is not None:
             logger.warning("web push subscription %d refused: endpoint %s", subscription.subscription_id, problem)
             return Result.REFUSED
-        body = encrypt(plaintext, subscription.p256dh, subscription.auth)
+        try:
+            body = encrypt(plaintext, subscription.p256dh, subscription.auth)
+        except ValueError as exc:  # keys stored before a check existed, or altered in the table
+            logger.warning("web push subscription %d: unusable keys (%s)", subscription.subscription_id, exc)
+            return Result.REJECTED
         headers = {
             "Authorization": self._signer.authorization(endpoint),
             "TTL": str(ttl_s),
