@@ -155,9 +155,10 @@ async def one_run(run: int, args: argparse.Namespace) -> dict[str, Any]:
                     recipients = [{"user_id": u} for u in away + online + others]
                     spy = None
                     if args.profile:  # py-spy (the bench extra) samples the worker through the fan-out
-                        spy = subprocess.Popen(["py-spy", "record", "-p", str(worker.popen.pid), "-o",
-                                                f"{args.profile}-{run}.txt", "--format", "raw", "-d", "20", "-r", "200"],
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        spy = subprocess.Popen(
+                            ["py-spy", "record", "-p", str(worker.popen.pid), "-o", f"{args.profile}-{run}.txt",
+                             "--format", "raw", "-d", "20", "-r", "200"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         await asyncio.sleep(1.0)
                     quiet = wait_quiet([worker.popen.pid, node.popen.pid, service.pid or 0], args.quiet_pct,
                                        max_wait_s=10.0)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import statistics
-import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any

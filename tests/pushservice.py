@@ -83,6 +83,12 @@ class PushService:
         self.subscriptions[token] = subscription
         return subscription
 
+    def adopt(self, endpoint: str, private_key: ec.EllipticCurvePrivateKey, auth: bytes) -> BrowserSubscription:
+        """A subscription a real browser made (its endpoint on this service, its keys handed over)."""
+        token = endpoint.rsplit("/", 1)[-1]
+        subscription = self.subscriptions[token] = BrowserSubscription(token, endpoint, private_key, auth)
+        return subscription
+
     def answer_next(
         self, subscription: BrowserSubscription, status: int, headers: dict[str, str] | None = None
     ) -> None:
@@ -163,12 +169,12 @@ class PushService:
         return None
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[PushService]:
+    async def running(self, port: int = 0) -> AsyncIterator[PushService]:
         app = web.Application()
         app.router.add_post("/push/{token}", self._push)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.origin = f"http://127.0.0.1:{port}"

@@ -20,6 +20,7 @@ from typing import Protocol
 from aiohttp import web
 
 from notify_server.core.settings import ConfigError, Settings
+from notify_server.core.vapid_keys import create_key_file
 from notify_server.ops.embedded import EmbeddedUnavailable, embedded_postgres, embedded_redis
 from notify_server.storage.migrations import apply_migrations
 from notify_server.web.app import create_app
@@ -81,6 +82,7 @@ def run_dev(settings: Settings, make_worker: WorkerFactory) -> int:
                 redis={"url": redis_url},
                 websocket={"allowed_origins": dev_origins(settings)},
             )
+            settings = dev_web_push(settings, data_dir)
             applied = apply_migrations(database_url)
             _say(f"migrations: {len(applied)} applied")
             asyncio.run(_serve_and_work(settings, make_worker))
@@ -90,6 +92,21 @@ def run_dev(settings: Settings, make_worker: WorkerFactory) -> int:
         signal.signal(signal.SIGTERM, previous)
     _say("stopped")
     return 0
+
+
+# ---- web push (issue 20)
+def dev_web_push(settings: Settings, data_dir: Path) -> Settings:
+    """Web Push on in dev when the config leaves it off: a VAPID key made once in the data directory, so
+    the demo page's push button works (the browser's own push service is reached from this machine)."""
+    if settings.web_push.enabled or settings.web_push.vapid_private_key_file:
+        return settings
+    key_file = data_dir / "vapid.pem"
+    if not key_file.exists():
+        create_key_file(str(key_file))
+        _say(f"web push: VAPID key created in {key_file}")
+    return settings.replace(web_push={"enabled": True, "vapid_private_key_file": str(key_file),
+                                      "subject": settings.web_push.subject or "mailto:dev@localhost"})
+# ---- end web push
 
 
 async def _serve_and_work(settings: Settings, make_worker: WorkerFactory) -> None:
