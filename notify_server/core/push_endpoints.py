@@ -61,11 +61,13 @@ class AllowedHosts:
     def __init__(self, entries: Iterable[str]) -> None:
         self._rules = tuple(parse_entry(entry) for entry in entries)
 
-    def problem(self, endpoint: str) -> str | None:
-        if len(endpoint) > MAX_ENDPOINT_CHARS:
+    def problem(self, endpoint: str | URL) -> str | None:
+        """Why this endpoint is refused, or None; a URL already parsed is checked as it is (the sender
+        parses once, checks, and sends to that same URL object)."""
+        if len(str(endpoint)) > MAX_ENDPOINT_CHARS:
             return f"longer than {MAX_ENDPOINT_CHARS} characters"
         try:
-            url = URL(endpoint, encoded=False)
+            url = endpoint if isinstance(endpoint, URL) else URL(endpoint, encoded=False)
         except (ValueError, TypeError):
             return "not a URL"
         if not url.is_absolute() or url.scheme not in ("https", "http") or not url.host:
@@ -78,5 +80,3 @@ class AllowedHosts:
             return "must be https (plain http only for an origin listed in web_push.allowed_hosts)"
         return f"host {url.host} is not a push service allowed by web_push.allowed_hosts"
 
-    def allows(self, endpoint: str) -> bool:
-        return self.problem(endpoint) is None

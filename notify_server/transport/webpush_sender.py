@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 from prometheus_client import Counter
+from yarl import URL
 
 from notify_server.core.push_endpoints import AllowedHosts
 from notify_server.core.settings import WEB_PUSH_AWAY, WebPushSettings
@@ -106,8 +107,11 @@ def message_for(data: dict[str, Any]) -> dict[str, Any] | None:
     data = {**data, "metadata": {}}
     body = str(data["body"])
     while size(data) > MAX_PLAINTEXT_BYTES and body:
-        over = size(data) - MAX_PLAINTEXT_BYTES
-        body = body[: max(0, len(body) - over - 1)]  # a character is at least a byte; the ellipsis is 3
+        # Cut the bytes over (and 3 for the ellipsis) off the UTF-8 body, never half a character. JSON
+        # escapes (quotes, control characters) count double: a second turn takes what is left over.
+        over = size(data) - MAX_PLAINTEXT_BYTES + len("…".encode())
+        encoded = body.encode()
+        body = encoded[: max(0, len(encoded) - over)].decode(errors="ignore")
         data = {**data, "body": body + "…" if body else ""}
     return data if size(data) <= MAX_PLAINTEXT_BYTES else None
 
@@ -268,9 +272,12 @@ class WebPushSender:
     async def _attempts(
         self, http: aiohttp.ClientSession, subscription: PushSubscription, plaintext: bytes, ttl_s: int, urgency: str
     ) -> Result:
-        endpoint = subscription.endpoint
-        problem = self._hosts.problem(endpoint)
-        if problem is not None:
+        try:
+            endpoint = URL(subscription.endpoint, encoded=False)
+        except (ValueError, TypeError):
+            endpoint = None
+        problem = self._hosts.problem(endpoint if endpoint is not None else subscription.endpoint)
+        if problem is not None or endpoint is None:
             logger.warning("web push subscription %d refused: endpoint %s", subscription.subscription_id, problem)
             return Result.REFUSED
         try:
@@ -285,7 +292,7 @@ class WebPushSender:
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
         }
-        host = http_host(endpoint)
+        host = endpoint.host or ""
         wait_s = RETRY_FIRST_S
         for attempt in range(1, self._settings.max_attempts + 1):
             async with self._slots:
@@ -316,7 +323,7 @@ class WebPushSender:
         return Result.FAILED
 
     async def _post(
-        self, http: aiohttp.ClientSession, endpoint: str, body: bytes, headers: dict[str, str]
+        self, http: aiohttp.ClientSession, endpoint: URL, body: bytes, headers: dict[str, str]
     ) -> tuple[int | None, float | None]:
         """(status, Retry-After in seconds) of one request; (None, None) when no answer came in time."""
         try:
@@ -324,10 +331,5 @@ class WebPushSender:
                 await response.content.read(MAX_ANSWER_BYTES)
                 return response.status, retry_after_s(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
-            logger.debug("web push to %s: %s", http_host(endpoint), type(exc).__name__)
+            logger.debug("web push to %s: %s", endpoint.host, type(exc).__name__)
             return None, None
-
-
-def http_host(endpoint: str) -> str:
-    """What a log line may say of an endpoint: its host (the path is the subscription's capability)."""
-    return endpoint.split("://", 1)[-1].split("/", 1)[0]

@@ -17,11 +17,12 @@ from notify_server.core.vapid_keys import application_server_key
 
 TOKEN_LIFETIME_S = 12 * 3600  # RFC 8292 §2: no more than 24 h; push services refuse further
 RENEW_BEFORE_S = 3600
+MAX_CACHED_ORIGINS = 1000
 
 
-def origin_of(endpoint: str) -> str:
+def origin_of(endpoint: str | URL) -> str:
     """The `aud` of an endpoint: scheme://host[:port], the port only when it is not the default."""
-    return str(URL(endpoint).origin())
+    return str((endpoint if isinstance(endpoint, URL) else URL(endpoint)).origin())
 
 
 class VapidSigner:
@@ -31,7 +32,7 @@ class VapidSigner:
         self.public_key = application_server_key(private_key)
         self._tokens: dict[str, tuple[str, float]] = {}  # origin -> (header, renew at)
 
-    def authorization(self, endpoint: str, now: float | None = None) -> str:
+    def authorization(self, endpoint: str | URL, now: float | None = None) -> str:
         """The Authorization header value for a request to this endpoint."""
         now = time.time() if now is None else now
         origin = origin_of(endpoint)
@@ -41,5 +42,7 @@ class VapidSigner:
         expires_at = int(now) + TOKEN_LIFETIME_S
         token = jwt.encode({"aud": origin, "exp": expires_at, "sub": self._subject}, self._key, algorithm="ES256")
         header = f"vapid t={token}, k={self.public_key}"
+        if len(self._tokens) >= MAX_CACHED_ORIGINS:  # push services are few; wildcard hosts could be many
+            self._tokens.clear()
         self._tokens[origin] = (header, expires_at - RENEW_BEFORE_S)
         return header
