@@ -12,20 +12,25 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import psycopg2
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from notify_server.core.settings import Settings
-from notify_server.core.vapid_keys import application_server_key, b64url_decode, create_key_file
+from notify_server.core.metrics import WorkerMetrics
+from notify_server.core.settings import DatabaseSettings, Settings
+from notify_server.core.vapid_keys import application_server_key, b64url_decode, create_key_file, load_private_key
 from notify_server.ingest.producer import enqueue_event
+from notify_server.storage.db import Database
 from notify_server.storage.notifications import NewNotifications, Recipient
 from notify_server.storage.push_subscriptions import PushSubscriptionStore
 from notify_server.storage.sessions import SessionStore
 from notify_server.transport import webpush_queue
 from notify_server.transport.webpush_queue import WebPushQueue
+from notify_server.transport.webpush_sender import WebPushSender
+from notify_server.transport.webpush_vapid import VapidSigner
 from tests.fakes import claim_rejected, connect_and_count, receive_frame, start_node
 from tests.pushservice import BrowserSubscription, PushService
 from workers.consumer import EventConsumer
@@ -479,3 +484,68 @@ async def test_a_user_who_opened_a_tab_after_the_event_was_queued_is_not_pushed(
 
     assert len(push_service.delivered_to(away_browser)) == 1
     assert push_service.delivered_to(here_browser) == []
+
+
+@pytest.mark.parametrize(("status", "headers", "result", "requests"), [
+    (413, {}, "too_large", 1),
+    (400, {}, "rejected", 1),
+    (403, {}, "rejected", 1),
+    (301, {"Location": "http://127.0.0.1:1/elsewhere"}, "rejected", 1),  # no redirect is followed
+    (429, {"Retry-After": "3600"}, "failed", 1),  # longer than web_push.retry_after_max_s: given up at once
+])
+async def test_answers_that_are_not_retried_keep_the_subscription(
+    aiohttp_client, push_settings: Settings, push_service: PushService, sessions: SessionStore,
+    redis_client: Redis, db_pool: Any, status: int, headers: dict[str, str], result: str, requests: int,
+) -> None:
+    ivy = await sessions.create("ivy", ttl_s=3600)
+    node = await start_node(aiohttp_client, push_settings)
+    browser = push_service.subscribe()
+    await subscribe(node, ivy.token, browser)
+    push_service.answer_next(browser, status, headers)
+
+    async with running_worker(push_settings) as worker:
+        await emit(redis_client, push_settings, claim_rejected(f"wp-{status}", "ivy"))
+        await queue_drained(redis_client, push_settings)
+        counted = results(worker)
+
+    assert counted == {result: 1.0}
+    assert push_service.requests == requests
+    assert await subscription_count(db_pool, "ivy") == 1
+
+
+async def test_a_batch_whose_subscriptions_cannot_be_read_stays_queued_and_is_sent_once_postgres_answers(
+    push_settings: Settings, push_service: PushService, redis_client: Redis, db: Any, repository: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    browser = push_service.subscribe()
+    keys = browser.as_json()["keys"]
+    await PushSubscriptionStore(db).subscribe("jo", browser.endpoint, b64url_decode(keys["p256dh"]),
+                                              b64url_decode(keys["auth"]), None, keep=10)
+    (stored,) = await repository.store_events([NewNotifications(
+        "wp-pg-away", "COMMENT_ADDED", "t", "b", "LOW", None, {}, [Recipient("jo")])])
+    queue = WebPushQueue(redis_client, maxlen=1000)
+    await queue.ensure_group()
+    await queue.enqueue(stored.notifications)
+    away = Database(DatabaseSettings(url="postgresql://postgres@127.0.0.1:1/none"))
+    sender = WebPushSender(push_settings.web_push, queue, PushSubscriptionStore(away), lambda users: _none(),
+                           WorkerMetrics().web_push, signer=VapidSigner(
+                               load_private_key(push_settings.web_push.vapid_private_key_file), "mailto:a@b.c"),
+                           consumer="cut-off")
+    (batch,) = await queue.read("cut-off", 10, 10)
+    try:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(psycopg2.OperationalError):
+                await sender.deliver(http, batch)
+    finally:
+        await away.close()
+    assert await queue.depth() == 1  # not acknowledged: still there for another try
+    monkeypatch.setattr(webpush_queue, "CLAIM_IDLE_MS", 0)
+
+    async with running_worker(push_settings):
+        (delivered,) = await push_service.wait_for(1)
+
+    assert delivered.message["data"]["title"] == "t"
+
+
+async def _none() -> set[str]:
+    return set()
