@@ -161,7 +161,7 @@ async def one_run(run: int, args: argparse.Namespace) -> dict[str, Any]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         await asyncio.sleep(1.0)
                     quiet = wait_quiet([worker.popen.pid, node.popen.pid, service.pid or 0], args.quiet_pct,
-                                       max_wait_s=10.0)
+                                       max_wait_s=args.quiet_wait_s)
                     meter = CpuMeter({"worker": [worker.popen.pid], "push service": [service.pid or 0],
                                       "node": [node.popen.pid], "redis": redis_pids()}).start()
                     started = time.time()
@@ -228,7 +228,8 @@ async def main() -> None:
     parser.add_argument("--singles", type=int, default=20, help="one-recipient events for storage -> push latency")
     parser.add_argument("--timeout-s", type=float, default=60.0)
     parser.add_argument("--quiet-pct", type=float, default=50.0,
-                        help="wait (at most 10 s) until the rest of the machine uses under this %% of a core")
+                        help="before the fan-out, wait until the rest of the machine uses under this %% of a core")
+    parser.add_argument("--quiet-wait-s", type=float, default=10.0, help="... but at most this long")
     parser.add_argument("--profile", default="", help="py-spy the worker during the fan-out into PATH-<run>.txt")
     args = parser.parse_args()
     results = [await one_run(run, args) for run in range(1, args.runs + 1)]

@@ -549,3 +549,26 @@ async def test_a_batch_whose_subscriptions_cannot_be_read_stays_queued_and_is_se
 
 async def _none() -> set[str]:
     return set()
+
+
+async def test_the_push_service_refuses_messages_signed_with_another_key(
+    aiohttp_client, push_settings: Settings, push_service: PushService, sessions: SessionStore,
+    redis_client: Redis, tmp_path: Path,
+) -> None:
+    """The test push service's checks can fail: a worker signing with a key other than the one the
+    browser subscribed with is refused (as FCM answers 403), and nothing is delivered."""
+    other_key = str(tmp_path / "other.pem")
+    create_key_file(other_key)
+    kay = await sessions.create("kay", ttl_s=3600)
+    node = await start_node(aiohttp_client, push_settings)
+    await subscribe(node, kay.token, push_service.subscribe())
+    rekeyed = push_settings.replace(web_push={"vapid_private_key_file": other_key})
+
+    async with running_worker(rekeyed) as worker:
+        await emit(redis_client, rekeyed, claim_rejected("wp-rekeyed", "kay"))
+        await queue_drained(redis_client, rekeyed)
+        counted = results(worker)
+
+    assert counted == {"rejected": 1.0}
+    assert push_service.delivered == []
+    assert push_service.refused == [(403, "k is not the application server key of this subscription")]
