@@ -100,6 +100,11 @@ async def _wait_delivered(http: aiohttp.ClientSession, url: str, count: int, tim
 # ---------------------------------------------------------------- one run
 
 
+async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
 def _subscribe_all(database_url: str, rows: list[tuple[str, str, bytes, bytes]]) -> None:
     conn = psycopg2.connect(database_url)
     try:
@@ -144,6 +149,7 @@ async def one_run(run: int, args: argparse.Namespace) -> dict[str, Any]:
             # No connection limit: each tab holds one for good.
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                 tabs = []
+                readers: list[asyncio.Task[None]] = []
                 try:
                     sessions = SessionStore(db)
                     for user in online:
@@ -151,6 +157,9 @@ async def one_run(run: int, args: argparse.Namespace) -> dict[str, Any]:
                         ws = await http.ws_connect(f"http://127.0.0.1:{port}/ws/notifications?token={token}")
                         await ws.receive(timeout=10)  # its unread count: registered, present
                         tabs.append(ws)
+                        # A tab reads its socket (aiohttp answers the heartbeat's pings only while it is
+                        # read): one left unread is closed as stale after a heartbeat, and its user is away.
+                        readers.append(asyncio.get_running_loop().create_task(_drain(ws)))
                     others = [f"nobody{i}" for i in range(args.recipients - len(away) - len(online))]
                     recipients = [{"user_id": u} for u in away + online + others]
                     spy = None
@@ -209,6 +218,8 @@ async def one_run(run: int, args: argparse.Namespace) -> dict[str, Any]:
                     print(f"  run {run}: {len(latencies)} single events: storage -> push p50 "
                           f"{single['p50_ms']:.0f} ms, max {single['max_ms']:.0f} ms", flush=True)
                 finally:
+                    for reader in readers:
+                        reader.cancel()
                     for ws in tabs:
                         await ws.close()
                     await redis.aclose()
