@@ -169,8 +169,9 @@ async def one_run(run: int, args: argparse.Namespace) -> dict[str, Any]:
                              "--format", "raw", "-d", "20", "-r", "200"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         await asyncio.sleep(1.0)
-                    quiet = wait_quiet([worker.popen.pid, node.popen.pid, service.pid or 0], args.quiet_pct,
-                                       max_wait_s=args.quiet_wait_s)
+                    # In a thread: wait_quiet sleeps, and this loop must go on answering the tabs' pings.
+                    quiet = await asyncio.to_thread(wait_quiet, [worker.popen.pid, node.popen.pid, service.pid or 0],
+                                                    args.quiet_pct, max_wait_s=args.quiet_wait_s)
                     meter = CpuMeter({"worker": [worker.popen.pid], "push service": [service.pid or 0],
                                       "node": [node.popen.pid], "redis": redis_pids()}).start()
                     started = time.time()
