@@ -34,6 +34,7 @@ import platform
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -119,11 +120,27 @@ class Stack:
         return sum(rss_kb(pid) for pid in self.server_pids)
 
 
+# ---- web push (issue 20): --web-push runs notify's processes with web push on (NOTIFY_WEB_PUSH_*)
+NOTIFY_EXTRA_ENV: dict[str, str] = {}
+
+
+def web_push_env(key_dir: str) -> dict[str, str]:
+    """Web push on, with a key made for the run: under `when: away` the pipeline queues only recipients
+    its WebSocket push did not reach, and every worker runs its sender loop."""
+    from notify_server.core.vapid_keys import create_key_file
+
+    key_file = str(Path(key_dir) / "vapid.pem")
+    create_key_file(key_file)
+    return {"NOTIFY_WEB_PUSH_ENABLED": "true", "NOTIFY_WEB_PUSH_VAPID_PRIVATE_KEY_FILE": key_file,
+            "NOTIFY_WEB_PUSH_SUBJECT": "mailto:bench@example.com"}
+# ---- end web push
+
+
 async def start_stack(children: Processes, protocol: str, database_url: str, redis_url: str,
                       nodes: int = 1, workers: int = 1, extra_env: dict[str, str] | None = None) -> Stack:
     ports = [free_port() for _ in range(nodes)]
     if protocol == "notify":
-        env = env_for(database_url, redis_url, **(extra_env or {}))
+        env = env_for(database_url, redis_url, **{**NOTIFY_EXTRA_ENV, **(extra_env or {})})
         tag = uuid.uuid4().hex[:6]
         servers = [children.start(f"node{i}", ["serve", "--port", str(p)],
                                   dict(env, NOTIFY_SERVER_NODE_ID=f"bench-{tag}-{i}"))
@@ -613,7 +630,10 @@ async def main() -> None:
     parser.add_argument("--quiet-wait-s", type=float, default=10.0, help="... but at most this long")
     parser.add_argument("--quick", action="store_true", help="1 run, short steps (a smoke test)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"))
+    parser.add_argument("--web-push", action="store_true", help="notify with web push on (issue 20)")
     args = parser.parse_args()
+    if args.web_push:
+        NOTIFY_EXTRA_ENV.update(web_push_env(tempfile.mkdtemp(prefix="notify-bench-vapid-")))
     args.rates = [int(r) for r in args.rates.split(",") if r]
     args.long_rates = [int(r) for r in args.long_rates.split(",") if r]
     args.profile_rates = {int(r) for r in args.profile_rates.split(",") if r}

@@ -30,6 +30,8 @@ from notify_server.ingest.eventqueue import ClaimedJob, Outcome, now_ms
 from workers.context import WorkerContext
 from workers.pipeline import Attempt, StoreUnavailable, Verdict, process_events
 from workers.pruning import PRUNE_LOOP_NAME, PruneLoop
+from workers.webpush import LOOP_NAME as WEB_PUSH_LOOP_NAME
+from workers.webpush import build_sender as build_web_push_sender
 
 logger = logging.getLogger("notify.worker")
 
@@ -73,6 +75,7 @@ class EventConsumer:
             on_failure=functools.partial(reconnect_if_stale, self.context.redis),
         )
         self.prune_loop: PruneLoop | None = None
+        self.web_push_started = False
 
     @property
     def metrics(self) -> WorkerMetrics:
@@ -133,10 +136,20 @@ class EventConsumer:
 
     def _start_background(self) -> None:
         """The periodic prune (retention.interval_s; none at 0, none in a burst run, which only drains)."""
+        self._start_web_push()
         if self.burst or self.settings.retention.interval_s <= 0 or self.prune_loop is not None:
             return
         self.prune_loop = PruneLoop(self.context)
         self.background.start(PRUNE_LOOP_NAME, self.prune_loop.run)
+
+    # ---- web push (issue 20)
+    def _start_web_push(self) -> None:
+        """The Web Push sender (when web_push.enabled; none in a burst run, which only drains)."""
+        if self.burst or not self.settings.web_push.enabled or self.web_push_started:
+            return
+        self.web_push_started = True
+        self.background.start(WEB_PUSH_LOOP_NAME, build_web_push_sender(self.context).run)
+    # ---- end web push
 
     async def close(self) -> None:
         await self.background.stop()  # a prune cut short rolls its batch back; the next one goes on

@@ -16,6 +16,8 @@ from notify_server.ingest.eventqueue import EventQueue, RetryPolicy
 from notify_server.storage.db import Database
 from notify_server.storage.notifications import NotificationRepository
 from notify_server.transport.routing import PushRouter
+from notify_server.transport.webpush_queue import WebPushQueue
+from notify_server.transport.webpush_sender import AllowEveryone, ChannelFilter
 
 
 @dataclasses.dataclass(eq=False)
@@ -28,6 +30,11 @@ class WorkerContext:
     queue: EventQueue
     policy: RetryPolicy
     metrics: WorkerMetrics
+    # ---- web push (issue 20): the queue the pipeline appends to (None while web_push.enabled is false),
+    # and who may get pushes on a channel (the user preferences plug in here).
+    web_push: WebPushQueue | None = None
+    channel_filter: ChannelFilter = dataclasses.field(default_factory=AllowEveryone)
+    # ---- end web push
 
     @classmethod
     def build(
@@ -46,6 +53,7 @@ class WorkerContext:
             queue=EventQueue(client, settings.queues.events, job_timeout_s=worker.job_timeout_s),
             policy=RetryPolicy(worker.max_tries, worker.retry_backoff_max_s),
             metrics=metrics or WorkerMetrics(),
+            web_push=WebPushQueue(client, maxlen=settings.web_push.queue_maxlen) if settings.web_push.enabled else None,
         )
 
     async def close(self) -> None:

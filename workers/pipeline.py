@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from notify_server.core.settings import WEB_PUSH_AWAY
 from notify_server.core.stores import Fault, classify, describe
 from notify_server.ingest.events import EventRejected, event_id_for_log, parse_event
 from notify_server.storage.notifications import NewNotifications, Notification, StoredEvent, UnreadState
@@ -125,7 +126,10 @@ async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) ->
         try:  # right after each commit, so a large event's online recipients are not kept waiting
             earlier = await _stored_earlier(context, [n.event_id for _, n in chunk if n.event_id in retried],
                                             stored_now)
-            metrics.push_jobs.inc(await push_stored(context, stored_now, earlier))
+            reached: set[str] = set()
+            metrics.push_jobs.inc(await push_stored(context, stored_now, earlier, reached=reached))
+            if context.web_push is not None:
+                await enqueue_web_push(context, stored_now, earlier, reached)
         except Exception as exc:  # the rows are committed: a retry of the batch pushes them again
             _raise_if_unavailable(exc)
             raise
@@ -226,17 +230,20 @@ async def _stored_earlier(
 
 
 async def push_stored(
-    context: WorkerContext, stored: Sequence[StoredEvent], earlier: Sequence[tuple[Notification, UnreadState]] = ()
+    context: WorkerContext, stored: Sequence[StoredEvent], earlier: Sequence[tuple[Notification, UnreadState]] = (),
+    *, reached: set[str] | None = None,
 ) -> int:
     """After the commit: one push job per node holding any recipient, carrying each online recipient's
     rendered frames and new unread count. Offline recipients get nothing pushed (their rows are
-    stored). Returns push jobs written."""
+    stored). Returns push jobs written; `reached` gets the recipients some node held."""
     pending = [(n, event.unread.get(n.recipient_id)) for event in stored for n in event.notifications]
     pending += earlier
     if not pending:
         return 0
 
     def items_for(online: set[str]) -> list[PushItem]:
+        if reached is not None:
+            reached.update(online)
         mine = [(n, unread) for n, unread in pending if n.recipient_id in online]
         frames = notification_frames([n for n, _ in mine])
         return [
@@ -247,3 +254,20 @@ async def push_stored(
         ]
 
     return await context.router.route({n.recipient_id for n, _ in pending}, items_for)
+
+
+# ---- web push (issue 20)
+async def enqueue_web_push(
+    context: WorkerContext, stored: Sequence[StoredEvent], earlier: Sequence[tuple[Notification, UnreadState]],
+    reached: set[str],
+) -> None:
+    """Hand the rows to the workers' web push loop (notify_server.transport.webpush_sender): one XADD per
+    500 recipients, nothing sent from here. Under `web_push.when: away` the recipients the WebSocket push
+    just reached are left out (the sender checks presence again before it sends): an event whose
+    recipients are all online costs nothing more."""
+    if context.web_push is None:
+        return
+    skip = reached if context.settings.web_push.when == WEB_PUSH_AWAY else set()
+    rows = [n for event in stored for n in event.notifications] + [n for n, _ in earlier]
+    await context.web_push.enqueue([n for n in rows if n.recipient_id not in skip])
+# ---- end web push

@@ -28,8 +28,10 @@ from notify_server.core.jwt_keys import (
     hmac_secret_problem,
     load_public_key,
 )
+from notify_server.core.push_endpoints import parse_entry
 from notify_server.core.schemas import first_error
 from notify_server.core.templates import Template, TemplateError
+from notify_server.core.vapid_keys import VapidKeyError, load_private_key
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config.yaml"
 
@@ -306,6 +308,59 @@ def _api_key_hashes_lower_case(section: PublishSettings) -> PublishSettings:
     return dataclasses.replace(section, api_key_hashes=tuple(h.lower() for h in section.api_key_hashes))
 
 
+# ---------------------------------------------------------------- web push (issue 20)
+
+WEB_PUSH_AWAY = "away"  # only users with no open connection on any node
+WEB_PUSH_ALWAYS = "always"
+PUSH_SERVICE_HOSTS = (  # FCM (Chrome, Edge on Android), Mozilla autopush, WNS (Edge), Apple (Safari)
+    "fcm.googleapis.com", "updates.push.services.mozilla.com", "*.notify.windows.com", "*.push.apple.com",
+)
+
+
+def _allowed_host_entry(value: str) -> None:
+    try:
+        parse_entry(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class WebPushSettings:
+    """Standard Web Push (RFC 8030/8291/8292) to users who are away (notify_server.transport.webpush_sender)."""
+
+    enabled: bool = setting(False)
+    vapid_private_key_file: str = setting("")
+    subject: str = setting("", validate=validate.Length(max=500))
+    when: str = setting(WEB_PUSH_AWAY, validate=validate.OneOf([WEB_PUSH_AWAY, WEB_PUSH_ALWAYS]))
+    allowed_hosts: tuple[str, ...] = setting(PUSH_SERVICE_HOSTS, item_validate=_allowed_host_entry)
+    ttl_s: int = setting(86400, validate=validate.Range(min=0, max=2419200))  # 28 days: FCM's longest
+    max_subscriptions_per_user: int = setting(10, validate=validate.Range(min=1, max=1000))
+    timeout_s: float = setting(10.0, validate=validate.Range(min=0, max=300, min_inclusive=False))
+    max_attempts: int = setting(3, validate=validate.Range(min=1, max=20))
+    retry_after_max_s: float = setting(60.0, validate=_non_negative)
+    concurrency: int = setting(200, validate=validate.Range(min=1, max=10000))
+    queue_maxlen: int = setting(100000, validate=validate.Range(min=100))
+
+
+@after_load(WebPushSettings)
+def _web_push_has_its_keys(section: WebPushSettings) -> WebPushSettings:
+    # Enabled without a key or a contact, every push would be refused by the push services: refuse the config.
+    if section.subject and not section.subject.startswith(("mailto:", "https://")):
+        raise ValidationError("must start with mailto: or https:// (RFC 8292 contact)", "subject")
+    if not section.enabled:
+        return section
+    if not section.vapid_private_key_file:
+        raise ValidationError("required when web_push.enabled (create one: notify-server vapid create --out PATH)",
+                              "vapid_private_key_file")
+    try:
+        load_private_key(section.vapid_private_key_file)
+    except VapidKeyError as exc:
+        raise ValidationError(str(exc), "vapid_private_key_file") from None
+    if not section.subject:
+        raise ValidationError("required when web_push.enabled (mailto: or https:// contact)", "subject")
+    return section
+
+
 @dataclasses.dataclass(frozen=True)
 class LogSettings:
     level: str = setting("INFO", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))
@@ -336,6 +391,7 @@ class Settings:
     dev: DevSettings = DevSettings()
     auth: AuthSettings = AuthSettings()
     publish: PublishSettings = PublishSettings()
+    web_push: WebPushSettings = WebPushSettings()
     templates: Mapping[str, Template] = dataclasses.field(default_factory=dict)
 
     def replace(self, **sections: Mapping[str, Any]) -> Settings:

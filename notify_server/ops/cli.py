@@ -21,6 +21,7 @@ from notify_server.auth.apikeys import new_api_key
 from notify_server.auth.revocations import publish_revocation
 from notify_server.core.logs import configure_logging
 from notify_server.core.settings import ConfigError, Settings, load_settings
+from notify_server.core.vapid_keys import VapidKeyError, application_server_key, create_key_file
 from notify_server.ingest.events import EventRejected, parse_event
 from notify_server.ingest.producer import enqueue_event
 from notify_server.ops.dev import run_dev
@@ -112,7 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
     apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True, metavar="ACTION")
     apikey_commands.add_parser("create", parents=[common],
                                help="print a new key (once) and the SHA-256 to add to publish.api_key_hashes")
+    _add_vapid_parser(commands, common)
     return parser
+
+
+# ---- web push (issue 20): `notify-server vapid create --out PATH`
+def _add_vapid_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    vapid = commands.add_parser("vapid", help="the VAPID key pair of Web Push")
+    vapid_commands = vapid.add_subparsers(dest="vapid_command", required=True, metavar="ACTION")
+    create = vapid_commands.add_parser("create", parents=[common],
+                                       help="write a new private key (mode 0600), print the public key")
+    create.add_argument("--out", required=True, metavar="PATH", help="where to write the PEM private key")
+
+
+def cmd_vapid(settings: Settings, args: argparse.Namespace) -> int:
+    """Writes the private key to --out (never over an existing file) and prints the public key, base64url,
+    alone on stdout (the browser's applicationServerKey)."""
+    try:
+        key = create_key_file(args.out)
+    except VapidKeyError as exc:
+        raise CommandError(str(exc)) from None
+    print(application_server_key(key))
+    print(f"notify-server: private key written to {args.out}; set web_push.vapid_private_key_file to it, "
+          "web_push.subject to a mailto: or https:// contact, and web_push.enabled: true", file=sys.stderr)
+    return 0
+
+
+CONFIG_FREE = {"vapid"}  # a new key is needed before the config can name it: no config is read
+# ---- end web push
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -282,6 +310,7 @@ COMMANDS = {
     "check": cmd_check,
     "prune": cmd_prune,
     "apikey": cmd_apikey,
+    "vapid": cmd_vapid,  # issue 20
 }
 
 
@@ -300,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("serve", "worker", "dev"):
         use_uvloop()
     try:
-        settings = _settings(args)
+        settings = Settings() if args.command in CONFIG_FREE else _settings(args)
         configure_logging(settings.log.level, settings.log.format)
         return COMMANDS[args.command](settings, args)
     except ConfigError as exc:

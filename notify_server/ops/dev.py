@@ -24,6 +24,7 @@ from types import FrameType
 from aiohttp import web
 
 from notify_server.core.settings import ConfigError, Settings
+from notify_server.core.vapid_keys import create_key_file
 from notify_server.ops.devlock import AlreadyRunning, dev_lock
 from notify_server.ops.embedded import (
     EmbeddedUnavailable,
@@ -104,6 +105,7 @@ def run_dev(settings: Settings, make_worker: WorkerFactory) -> int:
                 redis={"url": redis_url},
                 websocket={"allowed_origins": dev_origins(settings)},
             )
+            settings = dev_web_push(settings, data_dir)
             applied = apply_migrations(database_url)
             _say(f"migrations: {len(applied)} applied")
             asyncio.run(_serve_and_work(settings, make_worker, watched))
@@ -125,6 +127,21 @@ async def watch_embedded(app: web.Application, watched: dict[str, PidOf]) -> Non
                                   "Stop this dev (Ctrl-C) and start it again.")
                 _complain(problems[name])
         await asyncio.sleep(EMBEDDED_CHECK_INTERVAL_S)
+
+
+# ---- web push (issue 20)
+def dev_web_push(settings: Settings, data_dir: Path) -> Settings:
+    """Web Push on in dev when the config leaves it off: a VAPID key made once in the data directory, so
+    the demo page's push button works (the browser's own push service is reached from this machine)."""
+    if settings.web_push.enabled or settings.web_push.vapid_private_key_file:
+        return settings
+    key_file = data_dir / "vapid.pem"
+    if not key_file.exists():
+        create_key_file(str(key_file))
+        _say(f"web push: VAPID key created in {key_file}")
+    return settings.replace(web_push={"enabled": True, "vapid_private_key_file": str(key_file),
+                                      "subject": settings.web_push.subject or "mailto:dev@localhost"})
+# ---- end web push
 
 
 async def _serve_and_work(settings: Settings, make_worker: WorkerFactory, watched: dict[str, PidOf]) -> None:

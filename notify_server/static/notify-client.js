@@ -62,6 +62,8 @@
  *                                              -> {updated}              POST /api/notifications/read-all ...
  *   bulk(action, ids)                          -> {updated}              POST /api/notifications/bulk
  *   (filter: {read, seen, eventType, priority}, optional; eventType and priority: a string or a list)
+ *   enablePush({serviceWorkerUrl, scope})      -> subscription JSON      Web Push (notify-sw.js), see docs/client.md
+ *   disablePush({scope}), pushEnabled({scope}) -> boolean                DELETE /api/push/subscriptions
  * REST failures reject with a NotifyApiError (status, code, message from {"error": {code, message}}).
  *
  * Reconnection, by close code:
@@ -1026,6 +1028,127 @@ export class NotifyClient {
       // channel closed by stop(); nothing to tell
     }
   }
+
+  // ---- web push (issue 20): this browser's push subscription, for when no tab is open
+
+  /** Ask for permission to show notifications, register the service worker, subscribe this browser with
+   * the server's VAPID key and give the subscription to the server (POST /api/push/subscriptions).
+   * Resolves to the subscription's JSON. Rejects with a NotifyApiError: code "unsupported" (no Push API
+   * here), "permission_denied", or the server's. Options: serviceWorkerUrl (default
+   * "/static/notify-sw.js", from this page's origin), scope (default "/"). */
+  async enablePush({ serviceWorkerUrl = "/static/notify-sw.js", scope = "/" } = {}) {
+    if (!pushSupported()) throw new NotifyApiError(0, "unsupported", "this browser has no Web Push");
+    const permission = await Notification.requestPermission();
+    if (permission !== "granted") {
+      throw new NotifyApiError(0, "permission_denied", `notifications are ${permission} for this site`);
+    }
+    const { public_key: publicKey } = await this._pushRequest("GET", "/api/push/vapid-public-key");
+    const registration = await whenActive(await navigator.serviceWorker.register(serviceWorkerUrl, { scope }));
+    let subscription = await registration.pushManager.getSubscription();
+    if (subscription && !sameKey(subscription.options.applicationServerKey, publicKey)) {
+      await subscription.unsubscribe(); // made with another server key: the push services would refuse it
+      subscription = null;
+    }
+    if (!subscription) {
+      subscription = await registration.pushManager.subscribe({
+        userVisibleOnly: true,
+        applicationServerKey: base64UrlToBytes(publicKey),
+      });
+    }
+    const json = subscription.toJSON();
+    await this._pushRequest("POST", "/api/push/subscriptions", json);
+    return json;
+  }
+
+  /** Tell the server to stop pushing to this browser, then unsubscribe it. Resolves to false when it
+   * had no subscription. */
+  async disablePush({ scope = "/" } = {}) {
+    if (!pushSupported()) return false;
+    const registration = await navigator.serviceWorker.getRegistration(scope);
+    const subscription = registration ? await registration.pushManager.getSubscription() : null;
+    if (!subscription) return false;
+    await this._pushRequest("DELETE", "/api/push/subscriptions", { endpoint: subscription.endpoint });
+    await subscription.unsubscribe();
+    return true;
+  }
+
+  /** Whether this browser is subscribed (under this scope). */
+  async pushEnabled({ scope = "/" } = {}) {
+    if (!pushSupported()) return false;
+    const registration = await navigator.serviceWorker.getRegistration(scope);
+    return Boolean(registration && (await registration.pushManager.getSubscription()));
+  }
+
+  async _pushRequest(method, path, body) {
+    const headers = { Accept: "application/json" };
+    const token = await this._currentToken();
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(this.options.apiBase + path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: this.options.apiBase ? "include" : "same-origin",
+      cache: "no-store",
+    });
+    let answer = null;
+    try {
+      answer = response.status === 204 ? null : await response.json();
+    } catch (_) {
+      answer = null;
+    }
+    if (!response.ok) {
+      const error = (answer && answer.error) || {};
+      throw new NotifyApiError(response.status, error.code, error.message || response.statusText);
+    }
+    return answer;
+  }
+  // ---- end web push
 }
+
+// ---- web push (issue 20): helpers
+
+export function pushSupported() {
+  return typeof navigator !== "undefined" && "serviceWorker" in navigator && typeof PushManager !== "undefined" &&
+    typeof Notification !== "undefined";
+}
+
+/** Call `callback({url, notification_id})` when the user clicks a push notification and the service
+ * worker focused this tab instead of opening a new one (navigate there, or show the item). Returns a
+ * function that stops listening. */
+export function onPushClick(callback) {
+  if (!pushSupported()) return () => {};
+  const listener = (event) => {
+    const message = event.data;
+    if (message && message.type === "notify-push-click") callback({ url: message.url, notification_id: message.notification_id });
+  };
+  navigator.serviceWorker.addEventListener("message", listener);
+  return () => navigator.serviceWorker.removeEventListener("message", listener);
+}
+
+function base64UrlToBytes(text) {
+  const base64 = text.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (text.length % 4)) % 4);
+  return Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+}
+
+function sameKey(buffer, publicKey) {
+  if (!buffer) return false;
+  const expected = base64UrlToBytes(publicKey);
+  const actual = new Uint8Array(buffer);
+  return actual.length === expected.length && actual.every((byte, i) => byte === expected[i]);
+}
+
+/** The registration once its service worker is active (subscribe() needs an active one). */
+function whenActive(registration) {
+  if (registration.active) return Promise.resolve(registration);
+  const worker = registration.installing || registration.waiting;
+  return new Promise((resolve, reject) => {
+    worker.addEventListener("statechange", () => {
+      if (worker.state === "activated") resolve(registration);
+      else if (worker.state === "redundant") reject(new NotifyApiError(0, "unsupported", "the service worker failed to install"));
+    });
+  });
+}
+// ---- end web push
 
 export default NotifyClient;

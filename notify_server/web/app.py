@@ -35,6 +35,7 @@ from notify_server.transport.push import StreamPushTransport
 from notify_server.transport.repair import PushGapRepair
 from notify_server.transport.routing import PushRouter
 from notify_server.web import api, appkeys, inbox, openapi, publish
+from notify_server.web import push_subscriptions as web_push  # issue 20
 from notify_server.web.sse import SSE_PATH, notifications_sse
 from notify_server.web.ws import notifications_ws
 
@@ -70,6 +71,10 @@ def create_app(
     inbox.add_routes(app)
     publish.add_routes(app)
     openapi.add_routes(app)
+    # ---- web push (issue 20): subscriptions; the service worker beside the client
+    web_push.add_routes(app)
+    app.router.add_get("/static/notify-sw.js", service_worker)
+    # ---- end web push
     if extra_routes is not None:
         extra_routes(app)
     return app
@@ -78,6 +83,14 @@ def create_app(
 async def browser_client(request: web.Request) -> web.FileResponse:
     """The plain-ES-module browser client (docs/client.md), for any page that wants it."""
     return web.FileResponse(STATIC_DIR / "notify-client.js")
+
+
+async def service_worker(request: web.Request) -> web.FileResponse:
+    """The Web Push service worker (issue 20). Service-Worker-Allowed lets a page register it for the
+    whole origin (scope "/") although it is served under /static/."""
+    response = web.FileResponse(STATIC_DIR / "notify-sw.js")
+    response.headers["Service-Worker-Allowed"] = "/"
+    return response
 
 
 # ---------------------------------------------------------------- resources

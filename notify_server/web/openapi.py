@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from notify_server.core.constants import PRIORITIES
+from notify_server.core.push_endpoints import MAX_ENDPOINT_CHARS
 from notify_server.core.schemas import MAX_EVENT_ID_CHARS, MAX_EVENT_TYPE_CHARS, MAX_RECIPIENTS, MAX_USER_ID_CHARS
 from notify_server.core.settings import Settings
 from notify_server.storage.inbox import ACTIONS
@@ -219,6 +220,73 @@ _UNAVAILABLE = _error("Postgres, Redis or the auth proxy endpoint cannot answer 
 _FORGED = _error("a cookie-authenticated change from an Origin not in websocket.allowed_origins (CSRF)")
 
 
+# ---- web push (issue 20)
+def _web_push_schemas() -> dict[str, Schema]:
+    return {
+        "VapidPublicKey": {
+            "type": "object", "required": ["public_key"], "additionalProperties": False,
+            "properties": {"public_key": {"type": "string", "pattern": "^[A-Za-z0-9_-]{87}$",
+                                          "description": "the uncompressed P-256 point, base64url: the browser's "
+                                                         "applicationServerKey"}},
+        },
+        "PushSubscription": {
+            "type": "object", "required": ["endpoint", "keys"],
+            "description": "PushSubscription.toJSON(); other properties are ignored",
+            "properties": {
+                "endpoint": {"type": "string", "maxLength": MAX_ENDPOINT_CHARS,
+                             "description": "https:// on a host of web_push.allowed_hosts"},
+                "expirationTime": {"type": ["number", "null"], "minimum": 0, "description": "ms since the epoch"},
+                "keys": {"type": "object", "required": ["p256dh", "auth"], "properties": {
+                    "p256dh": {"type": "string", "description": "base64url of the 65-byte uncompressed P-256 point"},
+                    "auth": {"type": "string", "description": "base64url of the 16-byte auth secret"},
+                }},
+            },
+        },
+        "PushEndpoint": {
+            "type": "object", "required": ["endpoint"],
+            "properties": {"endpoint": {"type": "string", "maxLength": MAX_ENDPOINT_CHARS}},
+        },
+    }
+
+
+def _web_push_paths(settings: Settings) -> dict[str, Schema]:
+    too_large = _error(f"a body over {settings.limits.request_max_bytes} bytes (limits.request_max_bytes)")
+    off = _error("web push is off on this server (web_push.enabled)")
+    return {
+        "/api/push/vapid-public-key": {"get": {
+            "operationId": "vapidPublicKey", "tags": ["push"], "security": [],
+            "summary": "The server's VAPID public key, for pushManager.subscribe({applicationServerKey})",
+            "responses": {"200": _json(_ref("VapidPublicKey"), "the key"), "404": off},
+        }},
+        "/api/push/subscriptions": {
+            "post": {
+                "operationId": "subscribePush", "tags": ["push"], "security": _USER,
+                "summary": "Push this browser the caller's notifications while no tab of theirs is open "
+                           f"(at most {settings.web_push.max_subscriptions_per_user} browsers; the oldest dropped)",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref("PushSubscription")}}},
+                "responses": {
+                    "201": _json(_ref("PushEndpoint"), "subscribed"),
+                    "200": _json(_ref("PushEndpoint"), "already subscribed (keys refreshed)"),
+                    "400": _error("not JSON, an endpoint not on an allowed host, or keys of the wrong size (named)"),
+                    "401": _UNAUTHORIZED, "403": _FORGED, "404": off, "413": too_large, "503": _UNAVAILABLE,
+                },
+            },
+            "delete": {
+                "operationId": "unsubscribePush", "tags": ["push"], "security": _USER,
+                "summary": "Stop pushing to this endpoint (only the caller's own; idempotent)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PushEndpoint")}}},
+                "responses": {
+                    "204": {"description": "not subscribed (any more)"},
+                    "400": _error("not JSON, or no endpoint"), "401": _UNAUTHORIZED, "403": _FORGED, "404": off,
+                    "413": too_large, "503": _UNAVAILABLE,
+                },
+            },
+        },
+    }
+# ---- end web push
+
+
 def _inbox_paths(settings: Settings) -> dict[str, Schema]:
     """The inbox (notify_server.web.inbox): list, counts, the states one at a time, by filter, in bulk."""
     too_large = _error(f"a body over {settings.limits.request_max_bytes} bytes (limits.request_max_bytes)")
@@ -372,11 +440,12 @@ def build_document(settings: Settings) -> dict[str, Any]:
         "tags": [
             {"name": "notifications", "description": "the signed-in user's notifications"},
             {"name": "publish", "description": "server to server: enqueue events"},
+            {"name": "push", "description": "Web Push: this browser's subscription"},
             {"name": "meta", "description": "health, readiness, metrics, this document"},
         ],
-        "paths": _paths(settings),
+        "paths": {**_paths(settings), **_web_push_paths(settings)},
         "components": {
-            "schemas": _schemas(settings),
+            "schemas": {**_schemas(settings), **_web_push_schemas()},
             "securitySchemes": {
                 "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "session_id",
                                   "description": "a session token or JWT in the cookie (POSTs: Origin checked)"},

@@ -1,6 +1,6 @@
 // The demo page of `notify-server dev`. Notification text is user-controlled: it is only ever set
 // with textContent (never innerHTML).
-import { NotifyClient } from "/static/notify-client.js";
+import { NotifyClient, onPushClick, pushSupported } from "/static/notify-client.js";
 
 const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 20;
@@ -279,6 +279,7 @@ function signedIn(user) {
   if (!$("emit-to").value) $("emit-to").value = user;
   startClient();
   loadTemplates();
+  showPush();
 }
 
 function signedOut(message) {
@@ -313,6 +314,8 @@ async function signIn(event) {
 
 async function signOut() {
   try {
+    // This browser's pushes belong to the user signing out: the next one to sign in must not get them.
+    if (state.client) await state.client.disablePush().catch(() => {});
     await api("POST", "/dev/logout");
   } finally {
     signedOut();
@@ -402,6 +405,36 @@ async function showDevStatus() {
   $("dev-problem").hidden = problems.length === 0;
 }
 
+// ---------------------------------------------------------------- web push (issue 20)
+
+async function showPush() {
+  const button = $("push");
+  button.hidden = !pushSupported() || !state.client;
+  if (button.hidden) return;
+  const enabled = await state.client.pushEnabled().catch(() => false);
+  button.textContent = enabled ? "Disable push" : "Enable push";
+  button.dataset.enabled = enabled ? "true" : "false";
+}
+
+async function togglePush() {
+  const button = $("push");
+  button.disabled = true;
+  try {
+    if (button.dataset.enabled === "true") {
+      await state.client.disablePush();
+      flash("Push notifications are off for this browser.");
+    } else {
+      await state.client.enablePush();
+      flash("Push notifications are on: close every tab and emit an event to yourself.");
+    }
+  } catch (error) {
+    flash(`Push: ${error.message}`);
+  } finally {
+    button.disabled = false;
+    showPush();
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 
 async function main() {
@@ -409,6 +442,9 @@ async function main() {
   $("sign-out").addEventListener("click", signOut);
   $("emit-form").addEventListener("submit", emit);
   $("emit-type").addEventListener("change", showTemplate);
+  $("push").addEventListener("click", togglePush);
+  // A click on a push notification focused this tab (notify-sw.js): show the list with the item in it.
+  onPushClick(() => state.client && refresh());
   $("mark-all").addEventListener("click", () => {
     // Every tab (this one too) hears which ones changed: notifications_updated.
     state.client.markAllRead().catch((error) => flash(`Could not mark all read: ${error.message}`));
