@@ -150,25 +150,18 @@ BEGIN
 END
 $step1$;
 
--- "Newest of user X" with the three states in the index: the inbox's lists (filtered by read, seen,
--- archived) find their page, and the unfiltered counts are summed, from the index alone (index-only
--- scans), not from the table. It replaces 0002's notifications_recipient_newest (same keys). The event
--- type and priority are not included: that made every stored row ~15 % dearer (bench/store_path.py);
--- lists filtered by them use the next index.
+-- "Newest of user X" with the three states, the event type and the priority in the index: the inbox's
+-- lists (filtered by read, seen, archived, type, priority) find their page, and the counts their numbers,
+-- in the index alone (index-only scans), not in the table. It replaces both of 0002's indexes on
+-- (recipient_id, seq): notifications_recipient_newest (the same keys) and notifications_recipient_unread
+-- (an unread list is this index with a filter; "unread of user X" for read-all is 0004's
+-- notifications_unread_recipient_created). So a stored row updates one index fewer than before — the
+-- store path is cheaper (bench/store_path.py), and so is every change of a state. (A second index by type
+-- and priority made counts by type faster but every stored row 7-10 % dearer: docs/benchmarks.md.)
 DROP INDEX CONCURRENTLY IF EXISTS notifications_recipient_inbox;
 CREATE INDEX CONCURRENTLY notifications_recipient_inbox ON notifications (recipient_id, seq DESC)
-  INCLUDE (read_at, seen_at, archived_at);
+  INCLUDE (event_type, priority, read_at, seen_at, archived_at);
 DROP INDEX CONCURRENTLY IF EXISTS notifications_recipient_newest;
-
--- The bell's counts and lists by event type and priority (`?event_type=&priority=`): a user's
--- notifications not archived, by type and priority, with the flags that are counted and `seq` (a page of
--- a filtered list is found here, however rare the type). A filter reads only its ranges. It takes the
--- place of 0002's notifications_recipient_unread (unread-of-user is 0004's
--- notifications_unread_recipient_created, and an unread list in seq order is the index above): a stored
--- row updates as many indexes as before.
-DROP INDEX CONCURRENTLY IF EXISTS notifications_recipient_counts;
-CREATE INDEX CONCURRENTLY notifications_recipient_counts ON notifications (recipient_id, event_type, priority)
-  INCLUDE (read_at, seen_at, seq) WHERE archived_at IS NULL;
 DROP INDEX CONCURRENTLY IF EXISTS notifications_recipient_unread;
 
 -- The lists and counts above read their indexes alone only where the visibility map says a page holds no

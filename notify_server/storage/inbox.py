@@ -119,24 +119,32 @@ def action_sql(action: Action, scope: Sequence[str]) -> str:
     )
 
 
-COUNTS_SQL = (
+# Without a filter the unread and unseen counts are the user's counters (exact: kept in the transactions
+# that change the rows) and only the total is counted; one statement, so all three are of one snapshot.
+_COUNTS_FROM_COUNTERS = (
+    "SELECT coalesce(c.unread, 0), coalesce(c.unseen, 0),"
+    " (SELECT count(*) FROM notifications WHERE recipient_id = %(user)s AND archived_at IS NULL)"
+    " FROM (SELECT 1) AS one LEFT JOIN unread_counters c ON c.user_id = %(user)s"
+)
+_COUNTS_FROM_ROWS = (
     "SELECT count(*) FILTER (WHERE read_at IS NULL), count(*) FILTER (WHERE seen_at IS NULL AND read_at IS NULL),"
     " count(*) FROM notifications WHERE recipient_id = %(user)s AND archived_at IS NULL"
 )
 
 
 def counts_sql(event_types: Sequence[str], priorities: Sequence[str]) -> tuple[str, dict[str, Any]]:
-    """The counts of the bell, from one index alone (an index-only scan of notifications_recipient_inbox,
-    or notifications_recipient_counts with a filter: migration 0007)."""
+    """The counts of the bell: from the counters and the inbox index alone (index-only scans of
+    notifications_recipient_inbox, migration 0007)."""
+    if not event_types and not priorities:
+        return _COUNTS_FROM_COUNTERS, {}
     clauses, params = InboxFilter(event_types=tuple(event_types), priorities=tuple(priorities)).clauses()
     extra = [c for c in clauses if c != "archived_at IS NULL"]
-    return " AND ".join([COUNTS_SQL, *extra]), params
+    return " AND ".join([_COUNTS_FROM_ROWS, *extra]), params
 
 
 def page_sql(columns: str, clauses: Sequence[str]) -> str:
     """A page of a user's notifications, newest first: the seqs of the page are found in an index alone
-    (the filters are on columns the inbox's indexes hold; an archived list filtered by type or priority
-    reads its archived rows), then only those rows are read."""
+    (every filter is on a column the inbox index holds), then only those rows are read."""
     where = " AND ".join(["recipient_id = %(user)s", *clauses])
     return (
         f"SELECT {columns} FROM notifications WHERE recipient_id = %(user)s AND seq = ANY(ARRAY("
