@@ -246,7 +246,8 @@ class NotificationRepository:
 
     async def counts(self, user_id: str, *, event_types: Sequence[str] = (), priorities: Sequence[str] = ()) -> Counts:
         """Unread, unseen and all of the user's notifications that are not archived, of these event types
-        and priorities (empty: any). Counted from the rows' index, not the counters: any filter works."""
+        and priorities (empty: any). Without a filter unread and unseen are the counters; the rest is
+        counted in the inbox index (storage.inbox.counts_sql)."""
         sql, params = counts_sql(event_types, priorities)
         params["user"] = user_id
         async with self._db.connection() as conn, conn.cursor() as cur:
