@@ -141,8 +141,10 @@ class SentinelRedis:
 
     def __init__(self, root: Path, *, sentinels: int = 3) -> None:
         self.root = root
-        # repl-diskless-sync-delay 0: a replica that (re)joins is synced at once, not after 5 s of waiting for others.
-        data_args = ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--repl-diskless-sync-delay", "0"]
+        # repl-diskless-sync-delay 0: a replica that (re)joins is synced at once, not after 5 s of waiting
+        # for others to join too (Redis's default).
+        data_args = ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                     "--repl-diskless-sync-delay", "0"]
         primary_port, replica_port = free_port(), free_port()
         self.servers = [
             RedisProcess("redis-a", primary_port, root / "redis-a", data_args),

@@ -25,7 +25,7 @@ from notify_server.core.settings import Settings
 from notify_server.storage.sessions import SessionStore
 from notify_server.transport.presence import Presence
 from tests.processes import Process, free_port, wait_http_ok
-from tests.test_faults import event, enqueue_raw, eventually, stored_counts
+from tests.test_faults import enqueue_raw, event, eventually, stored_counts
 
 
 def free_ports(count: int) -> int:
@@ -158,22 +158,21 @@ async def test_worker_processes_2_run_two_workers_restart_a_dead_one_and_all_sto
     env = dict(cli_env, NOTIFY_WORKER_METRICS_PORT=str(metrics_port), NOTIFY_WORKER_POLL_DELAY_S="0.01")
     parent = Process(["worker", "--processes", "2"], env, tmp_path / "worker.log")
     try:
-        async with aiohttp.ClientSession() as http:
-            for own in (metrics_port, metrics_port + 1):
-                await wait_http_ok(f"http://127.0.0.1:{own}/readyz", parent)
-            pids = started_pids(parent, "worker")
-            assert len(set(pids.values())) == 2
+        for own in (metrics_port, metrics_port + 1):
+            await wait_http_ok(f"http://127.0.0.1:{own}/readyz", parent)
+        pids = started_pids(parent, "worker")
+        assert len(set(pids.values())) == 2
 
-            await enqueue_raw(redis_client, [event(f"wp-{n}", f"user-{n % 7}") for n in range(500)],
-                              settings.queues.events)
-            await eventually(lambda: _stored(settings.database.url, 500), 30, "500 events stored")
+        await enqueue_raw(redis_client, [event(f"wp-{n}", f"user-{n % 7}") for n in range(500)],
+                          settings.queues.events)
+        await eventually(lambda: _stored(settings.database.url, 500), 30, "500 events stored")
 
-            os.kill(pids[0], signal.SIGKILL)
-            await eventually(lambda: _worker_restarted(parent, pids), 20, "worker process 0 started again")
-            await wait_http_ok(f"http://127.0.0.1:{metrics_port}/readyz", parent)
-            await enqueue_raw(redis_client, [event(f"wp2-{n}", f"user-{n % 7}") for n in range(100)],
-                              settings.queues.events)
-            await eventually(lambda: _stored(settings.database.url, 600), 30, "the next 100 stored")
+        os.kill(pids[0], signal.SIGKILL)
+        await eventually(lambda: _worker_restarted(parent, pids), 20, "worker process 0 started again")
+        await wait_http_ok(f"http://127.0.0.1:{metrics_port}/readyz", parent)
+        await enqueue_raw(redis_client, [event(f"wp2-{n}", f"user-{n % 7}") for n in range(100)],
+                          settings.queues.events)
+        await eventually(lambda: _stored(settings.database.url, 600), 30, "the next 100 stored")
 
         parent.signal(signal.SIGTERM)
         assert parent.wait(timeout_s=30) == 0, parent.output()

@@ -73,7 +73,7 @@ class Tab:
                         if message.type is not WSMsgType.TEXT:
                             break
                         await self._frame(port, orjson.loads(message.data))
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 pass
             self.reconnects += 1
             port_index += 1
@@ -165,8 +165,8 @@ class Fleet:
 
     async def start(self) -> None:
         for n, port in enumerate(self.ports):
-            self.processes.append(Process(["serve", "--port", str(port)], {**self.env, "NOTIFY_SERVER_NODE_ID": f"ha-{n}"},
-                                          self.logs / f"node-{n}.log"))
+            node_env = {**self.env, "NOTIFY_SERVER_NODE_ID": f"ha-{n}"}
+            self.processes.append(Process(["serve", "--port", str(port)], node_env, self.logs / f"node-{n}.log"))
         for n in range(2):
             self.processes.append(Process(["worker"], self.env, self.logs / f"worker-{n}.log"))
         for port, process in zip(self.ports, self.processes, strict=False):
@@ -369,8 +369,9 @@ async def test_standby_promoted_under_load_workers_resume_by_themselves_and_noth
         await settle(producer, tabs, database_url)
         figures = await asyncio.to_thread(books, producer, tabs, database_url)
         silence_s = longest_silence(tabs, stopped - 1.0)
+        promoted_at = stopped + promoted_s
         first_after = min((t for tab in tabs for e, t in tab.received.items()
-                           if e in producer.acked and producer.acked[e][1] > stopped + promoted_s), default=float("inf"))
+                           if e in producer.acked and producer.acked[e][1] > promoted_at), default=float("inf"))
         report("Postgres fail-over (standby promoted)", stop_and_promote_s=round(promoted_s, 2),
                longest_silence_at_the_tabs_s=round(silence_s, 2),
                first_event_sent_after_promotion_delivered_after_s=round(first_after - stopped, 2),

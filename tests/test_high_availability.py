@@ -113,7 +113,7 @@ async def test_no_sentinel_answering_is_a_transient_store_fault() -> None:
         await client.aclose()
 
 
-# ---------------------------------------------------------------- replica acknowledgements (the test Redis has no replica)
+# ---------------------------------------------------------------- replica acknowledgements (no replica here)
 
 
 async def test_an_enqueue_that_no_replica_confirms_fails_after_the_timeout_and_its_retry_is_a_duplicate(
