@@ -129,7 +129,7 @@ class RedisProcess:
 
     def role(self) -> str | None:
         try:
-            reply = self.client().execute_command("ROLE")
+            reply = self.client().execute_command("ROLE")  # type: ignore[no-untyped-call]
         except (redis.exceptions.RedisError, OSError):
             return None
         role = reply[0]
@@ -179,15 +179,15 @@ class SentinelRedis:
 
     def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Until the primary has its replica attached and every Sentinel knows both and its peers."""
-        _wait("the primary with 1 replica, seen by every Sentinel", self._healthy, timeout_s, 0.1)
+        _wait("the primary with 1 replica, seen by every Sentinel", self.healthy, timeout_s, 0.1)
 
-    def _healthy(self) -> bool:
+    def healthy(self) -> bool:
         primary = self.primary()
         if primary is None or self.connected_replicas(primary) < 1:
             return False
         for sentinel in self.sentinels:
             try:
-                state = sentinel.client().sentinel_master(MASTER_NAME)
+                state = sentinel.client().sentinel_master(MASTER_NAME)  # type: ignore[no-untyped-call]
             except (redis.exceptions.RedisError, OSError):
                 return False
             if (int(state["port"]) != primary.port or state["is_sdown"] or state["is_odown"]
@@ -204,7 +204,8 @@ class SentinelRedis:
     def sentinel_primary_port(self) -> int | None:
         for sentinel in self.sentinels:
             try:
-                host_port = sentinel.client().sentinel_get_master_addr_by_name(MASTER_NAME)
+                host_port = sentinel.client().sentinel_get_master_addr_by_name(  # type: ignore[no-untyped-call]
+                    MASTER_NAME)
             except (redis.exceptions.RedisError, OSError):
                 continue
             if host_port:
@@ -214,7 +215,7 @@ class SentinelRedis:
     def connected_replicas(self, server: RedisProcess) -> int:
         """Replicas past their initial sync (state online): those that WAIT counts."""
         try:
-            info = server.client().info("replication")
+            info: dict[str, object] = server.client().info("replication")  # type: ignore[assignment]
         except (redis.exceptions.RedisError, OSError):
             return 0
         return online_replicas(info)
@@ -239,6 +240,15 @@ class SentinelRedis:
 
         _wait("a replica promoted by the Sentinels", promoted, timeout_s)
         return found[0]
+
+    def start_as_primary(self, server: RedisProcess) -> None:
+        """Start a stopped server that is still the primary the Sentinels name (a restart, no fail-over)."""
+        args = list(server.args)
+        if "--replicaof" in args:
+            at = args.index("--replicaof")
+            del args[at : at + 3]
+        server.args = args
+        server.start()
 
     def start_as_replica(self, server: RedisProcess, primary: RedisProcess) -> None:
         """Start a stopped server as a replica of `primary`, as an orchestrator starts a returning node
