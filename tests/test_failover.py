@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,12 +28,14 @@ import psycopg2
 import pytest
 from aiohttp import WSMsgType
 
-from notify_server.core.settings import Settings
+from notify_server.auth.revocations import publish_revocation
+from notify_server.core.redis_client import redis_client
+from notify_server.core.settings import DatabaseSettings, Settings
 from notify_server.ingest.producer import EventProducer
 from notify_server.storage.db import Database
 from notify_server.storage.migrations import apply_migrations
-from notify_server.storage.sessions import SessionStore
-from tests.processes import Process, free_port, wait_http_ok, wait_output
+from notify_server.storage.sessions import SessionStore, hash_token
+from tests.processes import REPO_ROOT, Process, free_port, wait_http_ok, wait_output
 from tests.replicated import MASTER_NAME, PostgresPair, SentinelRedis
 
 pytestmark = pytest.mark.slow
@@ -58,6 +62,7 @@ class Tab:
         self.last_id: str | None = None
         self.reconnects = 0
         self.opened = asyncio.Event()
+        self.unauthorized = asyncio.Event()  # closed with 4001: the tab stops, as notify-client.js does
         self._task: asyncio.Task[None] | None = None
 
     def start(self, port_index: int) -> None:
@@ -73,6 +78,9 @@ class Tab:
                         if message.type is not WSMsgType.TEXT:
                             break
                         await self._frame(port, orjson.loads(message.data))
+                if ws.close_code == 4001:
+                    self.unauthorized.set()
+                    return
             except (TimeoutError, aiohttp.ClientError, OSError):
                 pass
             self.reconnects += 1
@@ -279,6 +287,10 @@ async def test_sentinel_promotes_the_replica_under_load_and_no_acknowledged_even
     tabs: list[Tab] = []
     try:
         await fleet.start()
+        checked = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "notify_server", "check"], env=env, cwd=REPO_ROOT,
+            capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0 and checked.stdout.startswith("ok:"), checked.stderr
         tabs = await open_tabs(http, fleet, tokens)
         flow = asyncio.create_task(producer.run(BEFORE_S + 30))
         await asyncio.sleep(BEFORE_S)
@@ -309,6 +321,17 @@ async def test_sentinel_promotes_the_replica_under_load_and_no_acknowledged_even
         assert figures == {"acknowledged": producer.generated, "lost": 0, "duplicated": 0, "misaddressed": 0,
                            "missing_from_tabs": 0}
         assert any(at > killed + promoted_s for _, at in producer.acked.values()), "no event acknowledged after it"
+
+        # The revocation channel followed too: both nodes resubscribed on the new primary by themselves.
+        revoked = tabs[0]
+        assert await sessions.revoke(tokens[revoked.user]) is not None
+        publisher = redis_client(producer_settings.redis)
+        try:
+            await publish_revocation(publisher, hash_token(tokens[revoked.user]))
+        finally:
+            await publisher.aclose()
+        await asyncio.wait_for(revoked.unauthorized.wait(), 5)
+        assert not any(tab.unauthorized.is_set() for tab in tabs[1:])
         fleet.check_alive()
     finally:
         for tab in tabs:
@@ -342,7 +365,7 @@ async def test_standby_promoted_under_load_workers_resume_by_themselves_and_noth
            "NOTIFY_WORKER_POLL_DELAY_S": "0.05", "NOTIFY_WORKER_RETRY_BACKOFF_MAX_S": "1",
            "NOTIFY_SERVER_SHUTDOWN_TIMEOUT_S": "2"}
     users = [f"pg-u{n:02d}" for n in range(USERS)]
-    db = Database(settings.database.__class__(url=database_url))
+    db = Database(DatabaseSettings(url=database_url))
     try:
         store = SessionStore(db)
         tokens = {user: (await store.create(user, 3600)).token for user in users}
