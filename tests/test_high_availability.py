@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import NoScriptError
 
 from notify_server.auth.apikeys import new_api_key
 from notify_server.core.redis_client import redis_client, sentinel_addresses
@@ -147,6 +148,8 @@ async def test_the_wait_survives_a_flushed_script_cache(redis_client: Redis, set
         await enqueue_event(redis_client, claim_rejected("after-flush", "u1"), queue_name=settings.queues.events,
                             min_replicas_acked=1, replica_ack_timeout_ms=20)
     assert await redis_client.exists("arq:job:after-flush")
+    # Elsewhere (a registered script on a restarted or promoted server) a NOSCRIPT is a transient fault.
+    assert classify(NoScriptError("No matching script. Please use EVAL.")) is Fault.TRANSIENT
 
 
 async def test_event_producer_from_settings_takes_the_queue_and_the_replica_rule(settings: Settings) -> None:

@@ -82,6 +82,8 @@ def _classify_redis(exc: redis.exceptions.RedisError) -> Fault | None:
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                         redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError)):
         return Fault.TRANSIENT
+    if isinstance(exc, redis.exceptions.NoScriptError):  # a restarted or promoted server lost its scripts
+        return Fault.TRANSIENT
     message = str(exc).lstrip("-").upper()
     if message.startswith(_REDIS_TRANSIENT_PREFIXES) or "READONLY" in message[:120]:
         return Fault.TRANSIENT

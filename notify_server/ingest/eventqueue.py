@@ -233,22 +233,29 @@ class EventQueue:
     ) -> list[Any]:
         """The enqueue script and WAIT on one connection (a pipeline: WAIT counts that connection's
         writes). EVALSHA, not a registered Script: a pipeline with scripts checks SCRIPT EXISTS first,
-        one more round trip per call; a NOSCRIPT (new or flushed server) loads it and runs again."""
-        for attempt in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
+        one more round trip per call. After a NOSCRIPT (a new, restarted or promoted server has not seen
+        the script) the same pipeline runs with EVAL, which sends the script itself and caches it there."""
+        replies, acked = await self._script_and_wait(False, keys, argv, min_replicas, timeout_ms)
+        if isinstance(replies, NoScriptError):
+            replies, acked = await self._script_and_wait(True, keys, argv, min_replicas, timeout_ms)
+        for reply in (replies, acked):
+            if isinstance(reply, Exception):
+                raise reply
+        if int(acked) < min_replicas:
+            raise NotReplicated(int(acked), min_replicas, timeout_ms)
+        return list(replies)
+
+    async def _script_and_wait(
+        self, send_script: bool, keys: list[str], argv: list[Any], min_replicas: int, timeout_ms: int
+    ) -> tuple[Any, Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if send_script:
+                pipe.eval(_ENQUEUE, len(keys), *keys, *argv)
+            else:
                 pipe.evalsha(self._enqueue.sha, len(keys), *keys, *argv)
-                pipe.execute_command("WAIT", min_replicas, timeout_ms)
-                replies, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(replies, NoScriptError) and attempt == 0:
-                await self.redis.script_load(_ENQUEUE)
-                continue
-            for reply in (replies, acked):
-                if isinstance(reply, Exception):
-                    raise reply
-            if int(acked) < min_replicas:
-                raise NotReplicated(int(acked), min_replicas, timeout_ms)
-            return list(replies)
-        raise NoScriptError("the enqueue script could not be loaded")
+            pipe.execute_command("WAIT", min_replicas, timeout_ms)
+            replies, acked = await pipe.execute(raise_on_error=False)
+        return replies, acked
 
     @staticmethod
     def encode_event(event: dict[str, Any]) -> bytes:

@@ -73,6 +73,7 @@ class Child:
     starts: int = 0
     restart_at: float | None = None
     backoff_s: float = BACKOFF_FIRST_S
+    terminated: bool = False  # sent SIGTERM (once: a second one would cut a node's drain short)
 
 
 class ProcessGroup:
@@ -92,6 +93,7 @@ class ProcessGroup:
     def _start(self, child: Child) -> None:
         child.popen = subprocess.Popen(self.argv(child), start_new_session=True,
                                        preexec_fn=_die_with_parent(os.getpid()))
+        child.terminated = False
         child.started_at = time.monotonic()
         child.starts += 1
         child.restart_at = None
@@ -101,20 +103,31 @@ class ProcessGroup:
         self._signals += 1
         if self._signals == 1:
             logger.info("%s: stopping %d process(es)", signal.Signals(signum).name, len(self.children))
-            self._send(signal.SIGTERM)
+            self._terminate_all()
         else:
             self._send(signal.SIGKILL)
 
+    def _running(self) -> list[Child]:
+        return [c for c in self.children if c.popen is not None and c.popen.poll() is None]
+
+    def _terminate_all(self) -> None:
+        for child in self._running():
+            if not child.terminated:
+                child.terminated = True
+                assert child.popen is not None
+                child.popen.send_signal(signal.SIGTERM)
+
     def _send(self, signum: int) -> None:
-        for child in self.children:
-            if child.popen is not None and child.popen.poll() is None:
-                child.popen.send_signal(signum)
+        for child in self._running():
+            assert child.popen is not None
+            child.popen.send_signal(signum)
 
     def run(self) -> int:
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             for child in self.children:
-                self._start(child)
+                if not self._signals:
+                    self._start(child)
             code = self._supervise()
             self._stop_all()
             return code
@@ -160,9 +173,8 @@ class ProcessGroup:
 
     def _stop_all(self) -> None:
         """SIGTERM to every child still running (once), then wait; kill whoever outlives stop_timeout_s."""
-        if self._signals == 0:
-            self._signals = 1
-            self._send(signal.SIGTERM)
+        self._signals = max(self._signals, 1)
+        self._terminate_all()
         deadline = time.monotonic() + self.stop_timeout_s
         for child in self.children:
             if child.popen is None:
