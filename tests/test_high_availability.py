@@ -57,7 +57,10 @@ def test_sentinel_keys_load_from_the_environment_as_a_list() -> None:
     ({"NOTIFY_REDIS_MIN_REPLICAS_ACKED": "-1"}, "redis.min_replicas_acked:"),
     ({"NOTIFY_REDIS_REPLICA_ACK_TIMEOUT_MS": "0"}, "redis.replica_ack_timeout_ms:"),
     ({"NOTIFY_REDIS_SENTINEL_MASTER": ""}, "redis.sentinel_master:"),
-], ids=["no-port", "port-too-big", "unix-url", "negative-replicas", "zero-timeout", "empty-master"])
+    ({"NOTIFY_PORT": "9100", "NOTIFY_SERVER_METRICS_PORT": "9100"},
+     "server.metrics_port: must differ from server.port"),
+], ids=["no-port", "port-too-big", "unix-url", "negative-replicas", "zero-timeout", "empty-master",
+        "metrics-port-is-the-port"])
 def test_bad_high_availability_settings_are_refused_naming_the_key(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as refused:
         settings_from_mapping({}, environ)

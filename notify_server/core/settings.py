@@ -158,6 +158,13 @@ class ServerSettings:
     metrics_port: int = setting(0, validate=_port)  # 0: /metrics only on the main port (issue 21)
 
 
+@after_load(ServerSettings)
+def _metrics_port_apart(section: ServerSettings) -> ServerSettings:
+    if section.metrics_port and section.metrics_port == section.port:
+        raise ValidationError("must differ from server.port (0 = none)", "metrics_port")
+    return section
+
+
 @dataclasses.dataclass(frozen=True)
 class HeartbeatSettings:
     interval_s: float = setting(30.0, validate=_positive)
