@@ -25,6 +25,7 @@ from typing import Any
 
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
 
 from notify_server.core.constants import JOB_PROCESS_EVENT
 from notify_server.ingest.jobcodec import JobFormat, UndecodableJob, decode, encode_job, encode_result, job_format
@@ -92,6 +93,18 @@ for i = 6, #ARGV, 2 do
 end
 return #ARGV
 """
+
+
+class NotReplicated(RedisError):
+    """Fewer replicas than `redis.min_replicas_acked` confirmed an enqueue in time. Its message starts
+    with NOREPLICAS, Redis's own word for a write refused for want of replicas, so notify_server.core.stores
+    classifies it as transient (the publish API answers 503; the producer retries with the same event id)."""
+
+    def __init__(self, acked: int, required: int, timeout_ms: int) -> None:
+        super().__init__(f"NOREPLICAS {acked} of {required} required replica(s) confirmed the enqueue within "
+                         f"{timeout_ms} ms (redis.min_replicas_acked)")
+        self.acked = acked
+        self.required = required
 
 
 def wake_key(queue_name: str) -> str:
@@ -192,9 +205,16 @@ class EventQueue:
 
     # ---------------------------------------------------------------- producer side
 
-    async def enqueue(self, jobs: Sequence[tuple[str, bytes]]) -> list[bool]:
+    async def enqueue(
+        self, jobs: Sequence[tuple[str, bytes]], *, min_replicas: int = 0, replica_timeout_ms: int = 1000
+    ) -> list[bool]:
         """Queue (job id, encoded job) pairs and wake an idle worker, in one round trip. One bool per
-        job: False when that id is still queued or its result is still kept (a duplicate)."""
+        job: False when that id is still queued or its result is still kept (a duplicate).
+
+        min_replicas > 0: return only once that many replicas hold the jobs (WAIT, in the same round
+        trip), else raise NotReplicated after replica_timeout_ms. The jobs are then on the primary and
+        may or may not survive a fail-over: the producer retries with the same ids, and a retry that
+        finds them queued waits for the replicas all the same (WAIT covers every earlier write)."""
         if not jobs:
             return []
         keys = [self.queue_name, self.wake_key]
@@ -202,8 +222,40 @@ class EventQueue:
         for job_id, payload in jobs:
             keys += [job_key_prefix + job_id, result_key_prefix + job_id]
             argv += [job_id, payload]
-        replies = await self._enqueue(keys=keys, args=argv)
+        if min_replicas <= 0:
+            replies = await self._enqueue(keys=keys, args=argv)
+        else:
+            replies = await self._enqueue_and_wait(keys, argv, min_replicas, replica_timeout_ms)
         return [bool(int(reply)) for reply in replies]
+
+    async def _enqueue_and_wait(
+        self, keys: list[str], argv: list[Any], min_replicas: int, timeout_ms: int
+    ) -> list[Any]:
+        """The enqueue script and WAIT on one connection (a pipeline: WAIT counts that connection's
+        writes). EVALSHA, not a registered Script: a pipeline with scripts checks SCRIPT EXISTS first,
+        one more round trip per call. After a NOSCRIPT (a new, restarted or promoted server has not seen
+        the script) the same pipeline runs with EVAL, which sends the script itself and caches it there."""
+        replies, acked = await self._script_and_wait(False, keys, argv, min_replicas, timeout_ms)
+        if isinstance(replies, NoScriptError):
+            replies, acked = await self._script_and_wait(True, keys, argv, min_replicas, timeout_ms)
+        for reply in (replies, acked):
+            if isinstance(reply, Exception):
+                raise reply
+        if int(acked) < min_replicas:
+            raise NotReplicated(int(acked), min_replicas, timeout_ms)
+        return list(replies)
+
+    async def _script_and_wait(
+        self, send_script: bool, keys: list[str], argv: list[Any], min_replicas: int, timeout_ms: int
+    ) -> tuple[Any, Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if send_script:
+                pipe.eval(_ENQUEUE, len(keys), *keys, *argv)
+            else:
+                pipe.evalsha(self._enqueue.sha, len(keys), *keys, *argv)
+            pipe.execute_command("WAIT", min_replicas, timeout_ms)
+            replies, acked = await pipe.execute(raise_on_error=False)
+        return replies, acked
 
     @staticmethod
     def encode_event(event: dict[str, Any]) -> bytes:
