@@ -94,27 +94,31 @@ def _sized(opcode: int, size_bytes: int, below: int) -> bytes:
     return re.escape(bytes((opcode,))) + b"(?:" + b"|".join(branches) + b")"
 
 
-_SCALAR_TOKENS = b"|".join((
-    _sized(0x8C, 1, 256),  # SHORT_BINUNICODE
+# Ordered by how often CPython writes them: a string with its MEMOIZE, then one-byte opcodes (MEMOIZE,
+# MARK, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, SETITEM(S), APPEND(S), NONE, NEWTRUE, NEWFALSE), then the rest.
+_PLAIN_TOKENS = b"|".join((
+    _sized(0x8C, 1, 256) + rb"\x94?",  # SHORT_BINUNICODE (+ MEMOIZE)
+    rb"[\x94(}\])suaeN\x88\x89]",
     _sized(0x58, 4, 1024),  # BINUNICODE below 1 KiB (a longer string goes to the exact reader)
     rb"K(?s:.)|M(?s:..)|J(?s:....)",  # BININT1, BININT2, BININT
     b"\\x8a(?:" + b"|".join(re.escape(bytes((n,))) + (b"(?s:.){%d}" % n if n else b"") for n in range(9)) + b")",
     rb"G(?![\x7f\xff][\xf0-\xff])(?s:.){8}",  # BINFLOAT, unless inf or nan (its exponent bits all set)
+    rb"q(?s:.)|r(?s:..)\x00\x00",  # BINPUT, LONG_BINPUT below 65,536 (the C unpickler sizes its memo by it)
+    rb"\x95(?s:.){8}",  # FRAME
 ))
-# MEMOIZE, MARK, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, SETITEM(S), APPEND(S), NONE, NEWTRUE, NEWFALSE;
-# BINPUT, LONG_BINPUT below 65,536 (the C unpickler sizes its memo by the index), FRAME.
-_PLAIN_TOKENS = _SCALAR_TOKENS + rb"|[\x94(}\])suaeN\x88\x89]|q(?s:.)|r(?s:..)\x00\x00|\x95(?s:.){8}"
 _GET_TOKENS = rb"h(?s:.)|j(?s:....)"  # BINGET, LONG_BINGET
 _TUPLE_TOKENS = rb"[\x85\x86\x87t]"  # TUPLE1, TUPLE2, TUPLE3, TUPLE: once at most (arq's args)
 
 
-def _stream(tokens: bytes) -> re.Pattern[bytes]:
-    body = b"(?:" + tokens + b")*+"
+def _stream() -> re.Pattern[bytes]:
+    """PROTO, plain tokens, at most one tuple, STOP. A memo reference (GET) is matched in a group of its
+    own, outside any repetition (sre cannot capture inside a possessive one), so that `lastindex` tells
+    whether the stream holds one: without one, nothing can be shared and the value is a tree."""
+    body = b"(?:" + _PLAIN_TOKENS + b")*+(?:(" + _GET_TOKENS + b")(?:" + _PLAIN_TOKENS + b"|" + _GET_TOKENS + b")*+)?"
     return re.compile(rb"\x80[\x02-\x05]" + body + b"(?:" + _TUPLE_TOKENS + body + rb")?\.")
 
 
-_PLAIN_STREAM = _stream(_PLAIN_TOKENS + b"|" + _GET_TOKENS)
-_PLAIN_STREAM_WITHOUT_GETS = _stream(_PLAIN_TOKENS)  # nothing can be shared: a tree by construction
+_PLAIN_STREAM = _stream()
 _UNPROVED: Any = object()
 
 
@@ -164,11 +168,10 @@ def _proved(data: bytes, max_depth: int, max_nodes: int) -> Any:
     """The value, when the fast path proves the pickle plain data within the bounds; else _UNPROVED."""
     if len(data) > FAST_MAX_BYTES:
         return _UNPROVED
-    shared = False
-    if _PLAIN_STREAM_WITHOUT_GETS.fullmatch(data) is None:
-        if _PLAIN_STREAM.fullmatch(data) is None:
-            return _UNPROVED
-        shared = True
+    stream = _PLAIN_STREAM.fullmatch(data)
+    if stream is None:
+        return _UNPROVED
+    shared = stream.lastindex is not None  # a memo reference: something may be repeated
     try:
         # Safe to run: the stream holds no opcode that names anything or builds anything but plain data.
         value = pickle.loads(data)
