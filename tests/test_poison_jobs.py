@@ -512,7 +512,7 @@ mutated_pickles = st.sampled_from([2, 3, 4, 5]).flatmap(lambda proto: mutations(
 def test_the_fast_paths_grammar_lets_the_c_unpickler_see_plain_data_opcodes_only(payload: bytes) -> None:
     """Whatever the grammar accepts, pickletools (which reads opcodes as the C unpickler does) finds only
     plain-data opcodes in it, memo indices below 65,536, at most one tuple built, no inf or nan."""
-    if plainpickle._PLAIN_STREAM.fullmatch(payload) is None:
+    if plainpickle.plain_stream().fullmatch(payload) is None:
         return
     ops: list[Any] = []
     try:

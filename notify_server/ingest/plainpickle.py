@@ -19,7 +19,7 @@ tuple of tuples 40 levels deep hashes for hours). So what is accepted is decided
 Two readers share these rules. The exact one (`_exact`) is an interpreter of its own, in Python: it counts
 every value as it builds it, so it decides and names anything, at about half a microsecond per opcode.
 Most jobs never reach it. A pickle of at most FAST_MAX_BYTES that one regular expression reads, opcode by
-opcode, as plain data (`_PLAIN_STREAM`: no global, set, bytes, buffer, extension, DUP or persistent id;
+opcode, as plain data (`plain_stream`: no global, set, bytes, buffer, extension, DUP or persistent id;
 strings below 1 KiB, 64-bit ints, finite floats, memo indices below 65,536, and at most one non-empty
 tuple, so that no tuple is hashed through another) is built by the C unpickler, whose work on such a
 stream is linear in its bytes. When the stream holds a memo reference, the value is then written out in
@@ -31,6 +31,7 @@ decides and says why.
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 import pickletools
@@ -110,15 +111,14 @@ _GET_TOKENS = rb"h(?s:.)|j(?s:....)"  # BINGET, LONG_BINGET
 _TUPLE_TOKENS = rb"[\x85\x86\x87t]"  # TUPLE1, TUPLE2, TUPLE3, TUPLE: once at most (arq's args)
 
 
-def _stream() -> re.Pattern[bytes]:
+@functools.cache
+def plain_stream() -> re.Pattern[bytes]:
     """PROTO, plain tokens, at most one tuple, STOP. A memo reference (GET) is matched in a group of its
     own, outside any repetition (sre cannot capture inside a possessive one), so that `lastindex` tells
-    whether the stream holds one: without one, nothing can be shared and the value is a tree."""
+    whether the stream holds one: without one, nothing can be shared and the value is a tree. Compiled on
+    first use (a few tenths of a second): a process that never reads a pickle never pays it."""
     body = b"(?:" + _PLAIN_TOKENS + b")*+(?:(" + _GET_TOKENS + b")(?:" + _PLAIN_TOKENS + b"|" + _GET_TOKENS + b")*+)?"
     return re.compile(rb"\x80[\x02-\x05]" + body + b"(?:" + _TUPLE_TOKENS + body + rb")?\.")
-
-
-_PLAIN_STREAM = _stream()
 _UNPROVED: Any = object()
 
 
@@ -168,7 +168,7 @@ def _proved(data: bytes, max_depth: int, max_nodes: int) -> Any:
     """The value, when the fast path proves the pickle plain data within the bounds; else _UNPROVED."""
     if len(data) > FAST_MAX_BYTES:
         return _UNPROVED
-    stream = _PLAIN_STREAM.fullmatch(data)
+    stream = plain_stream().fullmatch(data)
     if stream is None:
         return _UNPROVED
     shared = stream.lastindex is not None  # a memo reference: something may be repeated
