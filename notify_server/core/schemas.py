@@ -38,33 +38,34 @@ def _check_text(value: str) -> None:
             raise ValidationError("is not valid unicode (lone surrogate)") from None
 
 
-def _check_json_value(value: Any, max_bytes: int) -> None:
+def _check_json_value(value: dict[str, Any] | list[Any], max_bytes: int) -> None:
     """Refuse what Postgres cannot store as jsonb (see _check_text; deep nesting; anything not JSON), and
     what cannot fit in max_bytes of JSON. Bounded before it walks far: every JSON value takes a byte at
     least, so the walk stops after max_bytes values, however a pickle's memo shared them (a list shared
-    twice at each of 30 levels would otherwise be walked 2**30 times)."""
-    pending = [(value, 0)]
-    budget = max_bytes
+    twice at each of 30 levels would otherwise be walked 2**31 times). Only containers are queued."""
+    budget = max_bytes - 1
+    pending: list[tuple[Any, int]] = [(value, 0)]
     while pending:
-        value, depth = pending.pop()
-        budget -= 1
+        container, depth = pending.pop()
+        budget -= 2 * len(container) if isinstance(container, dict) else len(container)  # keys count too
         if budget < 0:
             raise ValidationError(f"is more than {max_bytes} bytes of JSON; at most {max_bytes} allowed")
-        if depth > MAX_JSON_DEPTH:
+        if container and depth >= MAX_JSON_DEPTH:  # its values would be deeper than the limit
             raise ValidationError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-        if isinstance(value, str):
-            _check_text(value)
-        elif isinstance(value, dict):
-            budget -= len(value)  # the keys
-            for key in value:
+        children = container
+        if isinstance(container, dict):
+            for key in container:
                 if not isinstance(key, str):
                     raise ValidationError("object keys must be strings")
                 _check_text(key)
-            pending.extend((item, depth + 1) for item in reversed(value.values()))
-        elif isinstance(value, (list, tuple)):
-            pending.extend((item, depth + 1) for item in reversed(value))
-        elif value is not None and not isinstance(value, (bool, int, float)):
-            raise ValidationError(f"holds a {type(value).__name__}, which is not JSON")
+            children = container.values()
+        for item in children:
+            if isinstance(item, str):
+                _check_text(item)
+            elif isinstance(item, (dict, list, tuple)):
+                pending.append((item, depth + 1))
+            elif item is not None and not isinstance(item, (bool, int, float)):
+                raise ValidationError(f"holds a {type(item).__name__}, which is not JSON")
 
 
 def _json_object(max_bytes: int) -> Callable[[dict[str, Any]], None]:
