@@ -234,6 +234,11 @@ def _short(name: str) -> str:
 
 
 def _exact(data: bytes, max_depth: int, max_nodes: int) -> Any:  # noqa: C901 - one dispatch loop, kept flat for speed
+    """Run the pickle's opcodes on a stack of our own, plain data only, counting as it builds. Each slot
+    carries its value's height and size; a container can be filled only until a memo reference shares
+    it (then its size is final, so every count stays exact and no cycle can form); a memo reference
+    counts the whole subtree it repeats. Raises PickleRefused, or IndexError / struct.error when the
+    stream ends early (loads words those)."""
     if len(data) < 2 or data[0] != 0x80 or not 2 <= data[1] <= 5:
         raise PickleRefused("not a pickle of protocol 2 to 5")
     stack: list[Any] = []
