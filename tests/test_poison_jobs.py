@@ -284,6 +284,29 @@ async def test_every_poison_job_at_once_with_good_events_between_them_in_one_wor
     assert worker.jobs_complete == len(POISON) and worker.jobs_retried == 0
 
 
+async def test_a_job_key_of_another_type_or_a_garbage_retry_counter_fails_that_job_alone(
+    settings: Settings, redis_client: Redis, db_pool: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """arq's keys hold what any writer put there: a job key that is a Redis list, a retry counter that is
+    a hash. The claim (one script for the whole batch) must not fail on them, or no job is ever claimed."""
+    caplog.set_level(logging.INFO, logger="notify")
+    queue = settings.queues.events
+    base = now_ms() - 10_000
+    await redis_client.rpush("arq:job:poison-list-key", b"not a string")
+    await redis_client.zadd(queue, {"poison-list-key": base})
+    await put_raw(redis_client, queue, "poison-hash-retry", json_job("poison-hash-retry"), score=base + 1)
+    await redis_client.hset("arq:retry:poison-hash-retry", "n", "x")
+    await put_raw(redis_client, queue, "good-after-odd-keys", good_json_job("good-after-odd-keys"), score=base + 2)
+
+    await run_worker_burst(settings)
+
+    record = await result_of(redis_client, "poison-list-key")
+    assert record is not None and "holds no string" in reason_of(record), record
+    assert len(lines_naming(caplog, "poison-list-key")) == 1
+    assert await stored_event_ids(db_pool) == {"poison-hash-retry", "good-after-odd-keys"}
+    assert await redis_client.zcard(queue) == 0
+
+
 # ---------------------------------------------------------------- settling never stops the line
 
 

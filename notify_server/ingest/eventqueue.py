@@ -82,8 +82,9 @@ return queued
 # KEYS: queue. ARGV: now_ms, batch_max, scan_pages, in_progress_ms, retry_ttl_s, then the key prefixes
 # (in-progress, job, retry), max_job_bytes, max_claim_bytes. Claims up to batch_max due jobs that no other
 # worker holds, up to max_claim_bytes of them (the first one whatever its size), and counts their try;
-# returns (id, try, job) triples: the job's bytes, false when its key is gone, or its size when it is
-# larger than max_job_bytes (not fetched: its size is why it fails).
+# returns (id, try, job) triples: the job's bytes, false when its key is gone, its size when it is larger
+# than max_job_bytes (not fetched: its size is why it fails), or -1 when the key holds no string. Keys of
+# another type are anyone's to write: pcall, so that no key fails the whole claim.
 _CLAIM = """
 local now, want, pages = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_job, max_claim = tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -92,22 +93,28 @@ local n, bytes = 0, 0
 for page = 0, pages - 1 do
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', page * want, want)
   for _, id in ipairs(ids) do
-    local size = redis.call('STRLEN', ARGV[7] .. id)
-    if n > 0 and bytes + math.min(size, max_job) > max_claim then
+    local size = redis.pcall('STRLEN', ARGV[7] .. id)
+    if type(size) ~= 'number' then size = -1 end
+    local counted = math.max(0, math.min(size, max_job))
+    if n > 0 and bytes + counted > max_claim then
       return claimed
     end
     if redis.call('SET', ARGV[6] .. id, '1', 'NX', 'PX', ARGV[4]) then
-      local try = redis.call('INCR', ARGV[8] .. id)
+      local try = redis.pcall('INCR', ARGV[8] .. id)
+      if type(try) ~= 'number' then  -- not a counter: it starts again
+        redis.call('DEL', ARGV[8] .. id)
+        try = redis.call('INCR', ARGV[8] .. id)
+      end
       redis.call('EXPIRE', ARGV[8] .. id, ARGV[5])
       claimed[#claimed + 1] = id
       claimed[#claimed + 1] = try
-      if size > max_job then
+      if size < 0 or size > max_job then
         claimed[#claimed + 1] = size
       else
         claimed[#claimed + 1] = redis.call('GET', ARGV[7] .. id)
       end
       n = n + 1
-      bytes = bytes + math.min(size, max_job)
+      bytes = bytes + counted
       if n >= want then
         return claimed
       end
@@ -217,13 +224,14 @@ class Outcome:
 def read_job(job_id: str, job_try: int, payload: bytes | int | None) -> ClaimedJob:
     """Decode a claimed job and check that it is a `process_event(event)` job. Never raises: a job that
     cannot run comes back with `failure` saying why, in one line that holds nothing of the job's content.
-    `payload` is the job's bytes, None when its key is gone, or its size when it was too large to fetch."""
+    `payload` is the job's bytes, None when its key is gone, its size when it was too large to fetch, or
+    -1 when its key holds no string (a list, a hash: anyone can write arq's keys)."""
     job = ClaimedJob(job_id, job_try)
     if payload is None:
         job.failure = "job expired"
         return job
     if isinstance(payload, int):
-        job.failure = f"job is {payload} bytes; at most {MAX_JOB_BYTES}"
+        job.failure = "job key holds no string" if payload < 0 else f"job is {payload} bytes; at most {MAX_JOB_BYTES}"
         return job
     job.fmt = job_format(payload)  # a job refused below still gets its result in the format its producer reads
     try:
