@@ -483,6 +483,12 @@ def test_both_pickle_readers_read_what_cpython_writes_for_plain_data(value: Any,
     assert plainpickle._exact(data, MAX_JOB_DEPTH, MAX_JOB_NODES) == value
 
 
+def test_a_key_set_twice_keeps_the_last_value_in_both_readers_as_in_json() -> None:
+    twice = b"\x80\x04}\x94(" + text("a") + b"K\x01" + text("a") + b"K\x02u."
+    assert plainpickle.loads(twice, max_depth=MAX_JOB_DEPTH, max_nodes=MAX_JOB_NODES) == {"a": 2}
+    assert plainpickle._exact(twice, MAX_JOB_DEPTH, MAX_JOB_NODES) == {"a": 2} == orjson.loads(b'{"a":1,"a":2}')
+
+
 def test_the_fast_path_takes_a_normal_arq_job_and_shared_strings_but_not_a_shared_list() -> None:
     event = {**good_event("fast"), "recipients": [{"user_id": f"u{n}", "email": f"u{n}@x.example"} for n in range(3)]}
     job = {"t": None, "f": "process_event", "a": (event,), "k": {}, "et": 1_700_000_000_000}
@@ -534,7 +540,8 @@ mutated_pickles = st.sampled_from([2, 3, 4, 5]).flatmap(lambda proto: mutations(
 @given(payload=st.one_of(opcode_streams(), mutated_pickles))
 def test_the_fast_paths_grammar_lets_the_c_unpickler_see_plain_data_opcodes_only(payload: bytes) -> None:
     """Whatever the grammar accepts, pickletools (which reads opcodes as the C unpickler does) finds only
-    plain-data opcodes in it, memo indices below 65,536, at most one tuple built, no inf or nan."""
+    plain-data opcodes in it, memo indices below 65,536, at most one tuple built, no inf or nan; and
+    what the fast path then proves, the exact reader reads the same."""
     if plainpickle.plain_stream().fullmatch(payload) is None:
         return
     ops: list[Any] = []
@@ -551,6 +558,14 @@ def test_the_fast_paths_grammar_lets_the_c_unpickler_see_plain_data_opcodes_only
         else:
             pytest.fail("the C unpickler read a stream pickletools could not")
     assert {op.name for op, _, _ in ops} <= _FAST_OPCODES
+    proved = plainpickle._proved(payload, MAX_JOB_DEPTH, MAX_JOB_NODES)
+    if proved is not plainpickle._UNPROVED:  # the two readers agree where both accept
+        try:
+            exact = plainpickle._exact(payload, MAX_JOB_DEPTH, MAX_JOB_NODES)
+        except plainpickle.PickleRefused:
+            pass  # stricter on what CPython never writes: empty fills, memo indices out of order, frames
+        else:
+            assert exact == proved
     assert sum(op.name in ("TUPLE1", "TUPLE2", "TUPLE3", "TUPLE") for op, _, _ in ops) <= 1
     for op, arg, _ in ops:
         if op.name == "LONG_BINPUT":

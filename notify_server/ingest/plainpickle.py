@@ -5,9 +5,9 @@ bytearrays and memoryviews, reads copyreg's extension cache, sizes its memo by w
 LONG_BINPUT names (9 bytes allocate gigabytes), and hashes whatever tuple a dict key is (a memo-shared
 tuple of tuples 40 levels deep hashes for hours). So what is accepted is decided here, opcode by opcode:
 
-- built: dict (string keys), list, tuple, str, int (-2**63 to 2**64 - 1, the range orjson writes), float
-  (finite: JSON has no inf or nan), bool, None. A tuple stays a tuple (arq pickles a job's args as one);
-  an event holding one stores it as a JSON array, as a list.
+- built: dict (string keys; a key set twice keeps its last value, as in JSON), list, tuple, str, int
+  (-2**63 to 2**64 - 1, the range orjson writes), float (finite: JSON has no inf or nan), bool, None. A
+  tuple stays a tuple (arq pickles a job's args as one); an event holding one stores it as a JSON array.
 - refused, naming what: any global (class, function, module), extension codes, persistent ids, sets,
   frozensets, bytes, bytearrays, out-of-band buffers (memoryview), recursive structures, and opcodes
   CPython's pickler does not write for plain data. Bytes have no JSON form: no event can hold them, so
@@ -247,6 +247,7 @@ def _exact(data: bytes, max_depth: int, max_nodes: int) -> Any:  # noqa: C901 - 
     memo: list[Any] = []
     container_meta: dict[int, int] = {id(()): _EMPTY}  # by id: every container built here is kept alive
     shared: set[int] = set()  # ids of containers a memo reference has repeated: they cannot grow any more
+    replaced: list[Any] = []  # values a key set twice dropped, kept alive until the end
     push, mpush = stack.append, metas.append
     nodes = 0
     frames = 0
@@ -301,10 +302,14 @@ def _exact(data: bytes, max_depth: int, max_nodes: int) -> Any:  # noqa: C901 - 
                 keys = items[::2]
                 if not all(type(key) is str for key in keys):
                     raise PickleRefused("pickle has a dict key that is not a string")
+                # A key set again: the last value wins, as in JSON and CPython. What it replaces stays
+                # alive (ids are what the counts hang on) and counted (an overcount, never an under).
+                if target and not target.keys().isdisjoint(keys):
+                    replaced.extend(target[key] for key in keys if key in target)
                 size = len(target)
                 target.update(zip(keys, items[1::2], strict=True))
                 if len(target) != size + len(keys):
-                    raise PickleRefused("pickle has a dict with a key twice")
+                    replaced.extend(items)
             elif type(target) is list:
                 target.extend(items)
             else:
@@ -415,10 +420,10 @@ def _exact(data: bytes, max_depth: int, max_nodes: int) -> Any:  # noqa: C901 - 
                 raise PickleRefused("pickle has more frames than its size explains")
             i += 8
             continue
-        elif op == 0x2E:  # STOP
-            if len(stack) != 1 or marks:
+        elif op == 0x2E:  # STOP: the top of the stack, as the C unpickler returns it (whatever is left below)
+            if len(stack) <= (marks[-1] if marks else 0):
                 raise PickleRefused("pickle is truncated or malformed")
-            return stack[0]
+            return stack[-1]
         else:
             raise _refuse_opcode(op, stack, data, i)
         # A scalar was pushed.
