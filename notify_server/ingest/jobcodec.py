@@ -39,7 +39,7 @@ MAX_JOB_BYTES = 16 * 1024 * 1024
 # leave room above that and stay far below what orjson writes back (254 levels) or Python recurses.
 MAX_JOB_DEPTH = 64
 MAX_JOB_NODES = 100_000
-_PICKLE_PROTO = 0x80  # first byte of every pickle of protocol 2 or newer (arq writes protocol 4 or 5)
+_PICKLE_FIRST_BYTE = b"\x80"  # PROTO: first byte of every pickle of protocol 2 or newer (arq writes 4 or 5)
 
 
 class JobFormat(enum.Enum):
@@ -61,14 +61,14 @@ class PickledArgs(tuple):  # type: ignore[type-arg]
 
 
 def job_format(payload: bytes) -> JobFormat:
-    return JobFormat.PICKLE if payload[:1] == bytes((_PICKLE_PROTO,)) else JobFormat.JSON
+    return JobFormat.PICKLE if payload[:1] == _PICKLE_FIRST_BYTE else JobFormat.JSON
 
 
 def decode(payload: bytes) -> tuple[JobFormat, dict[str, Any]]:
     """A job's (format, fields: f, a, k, t, et); raises UndecodableJob."""
     if len(payload) > MAX_JOB_BYTES:
         raise UndecodableJob(f"job is {len(payload)} bytes; at most {MAX_JOB_BYTES}")
-    fmt = job_format(payload)
+    fmt = JobFormat.PICKLE if payload[:1] == _PICKLE_FIRST_BYTE else JobFormat.JSON  # job_format, inline: per job
     try:
         if fmt is JobFormat.PICKLE:
             data = plainpickle.loads(payload, max_depth=MAX_JOB_DEPTH, max_nodes=MAX_JOB_NODES)
