@@ -134,6 +134,8 @@ POISON = [
     ("poison-et-1e300", arq_pickle(event_ops("poison-et-1e300"), et_ops=b"G" + struct.pack(">d", 1e300)),
      "et (enqueue time) is not a time"),
     ("poison-et-json-1e29", json_job("poison-et-json-1e29", et=b"1e29"), "et (enqueue time) is not a time"),
+    ("poison-et-json-infinity", json_job("poison-et-json-infinity", et=b"Infinity"), "job is not arq json"),
+    ("poison-et-json-1e400", json_job("poison-et-json-1e400", et=b"1e400"), "job is not arq json"),
     ("poison-et-json-u64", json_job("poison-et-json-u64", et=b"18446744073709551615", t=b"99999999999999999999"),
      "et (enqueue time) is not a time"),
     ("poison-huge-int", arq_pickle(event_ops("poison-huge-int", in_data("n", b"\x8a\x20" + b"\xff" * 31 + b"\x7f"))),
