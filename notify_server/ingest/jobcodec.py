@@ -51,15 +51,6 @@ class UndecodableJob(ValueError):
     """A job that is not a usable arq job in either format; the message says why (no job content)."""
 
 
-class PickledArgs(tuple):  # type: ignore[type-arg]
-    """The positional arguments of a job that came as a pickle, so its result is written as one too.
-
-    arq's own Worker hands the args it decoded to the result serializer; this marks them (used by the
-    plain `arq workers.settings.WorkerSettings`, which has one serializer for every job)."""
-
-    __slots__ = ()
-
-
 def job_format(payload: bytes) -> JobFormat:
     return JobFormat.PICKLE if payload[:1] == _PICKLE_FIRST_BYTE else JobFormat.JSON
 
@@ -149,20 +140,14 @@ _FIXED_RESULTS = {
 }
 
 
-# ---------------------------------------------------------------- for arq's own Worker and ArqRedis
+# ---------------------------------------------------------------- for arq's ArqRedis (the producers' side)
 
 
 def arq_deserializer(payload: bytes) -> dict[str, Any]:
-    """`job_deserializer` for arq: either format; pickled jobs' args are marked (PickledArgs)."""
-    fmt, data = decode(payload)
-    if fmt is JobFormat.PICKLE and "a" in data:
-        data["a"] = PickledArgs(data["a"])
-    return data
+    """`job_deserializer` for ArqRedis: reads a job or a result in either format (`Job.result()`)."""
+    return decode(payload)[1]
 
 
 def arq_serializer(data: dict[str, Any]) -> bytes:
-    """`job_serializer` for arq: a result in the format its job came in; anything else as JSON."""
-    if "s" in data:  # a result record
-        fmt = JobFormat.PICKLE if isinstance(data.get("a"), PickledArgs) else JobFormat.JSON
-        return encode_result(fmt, data)
+    """`job_serializer` for ArqRedis: the jobs a producer writes through it are JSON."""
     return encode_job(data)
