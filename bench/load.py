@@ -13,6 +13,9 @@ noise):
 - memory:  a fresh stack and M idle connections (M/2 users × 2 tabs): server RSS per connection.
 - scale:   notify only: the flood with 2 workers and/or 2 nodes (tabs of a user on different nodes).
 
+`--serve-processes N` runs each notify node as `serve --processes N` (N node processes on one port,
+issue 21): server CPU and RSS are then those of its N children.
+
 Processes: client (2 processes, raw WebSocket protocol on uvloop), producer (2 processes, uvloop), servers, workers,
 Redis and Postgres are all measured (CPU from /proc/<pid>/stat). Results go to a JSON file that
 `bench.report` turns into the table and the plot of docs/benchmarks.md.
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiopg
 
 from bench.loadclient import ClientPool, Deliveries, client_env_ok
@@ -71,7 +75,12 @@ class Stack:
 
     @property
     def server_pids(self) -> list[int]:
-        return [s.popen.pid for s in self.servers]
+        """The node processes: each server itself, or the children of a `serve --processes N` parent."""
+        pids = []
+        for server in self.servers:
+            children = child_pids(server.popen.pid)
+            pids += children or [server.popen.pid]
+        return pids
 
     @property
     def worker_pids(self) -> list[int]:
@@ -136,19 +145,48 @@ def web_push_env(key_dir: str) -> dict[str, str]:
 # ---- end web push
 
 
+def child_pids(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+async def wait_node_processes(port: int, server: Process, count: int, timeout_s: float = 60.0) -> None:
+    """Until `count` distinct node ids answered /readyz on the shared port (each request a new
+    connection: the kernel hands each to one of the processes)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        while len(seen) < count:
+            if time.monotonic() > deadline or server.popen.poll() is not None:
+                raise SystemExit(f"{count} node processes not up on port {port}:\n{server.output()}")
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
+                    if ready.status == 200:
+                        async with http.get(f"http://127.0.0.1:{port}/healthz") as health:
+                            seen.add((await health.json())["node_id"])
+            await asyncio.sleep(0.05)
+
+
 async def start_stack(children: Processes, protocol: str, database_url: str, redis_url: str,
-                      nodes: int = 1, workers: int = 1, extra_env: dict[str, str] | None = None) -> Stack:
+                      nodes: int = 1, workers: int = 1, extra_env: dict[str, str] | None = None,
+                      serve_processes: int = 1) -> Stack:
     ports = [free_port() for _ in range(nodes)]
     if protocol == "notify":
         env = env_for(database_url, redis_url, **{**NOTIFY_EXTRA_ENV, **(extra_env or {})})
         tag = uuid.uuid4().hex[:6]
-        servers = [children.start(f"node{i}", ["serve", "--port", str(p)],
+        group = ["--processes", str(serve_processes)] if serve_processes > 1 else []
+        servers = [children.start(f"node{i}", ["serve", "--port", str(p), *group],
                                   dict(env, NOTIFY_SERVER_NODE_ID=f"bench-{tag}-{i}"))
                    for i, p in enumerate(ports)]
         worker_procs = [children.start(f"worker{i}", ["worker"], env) for i in range(workers)]
         stack = Stack(protocol, ports, servers, worker_procs, database_url, redis_url)
         for port, server in zip(ports, servers, strict=False):
             await wait_http_ok(f"http://127.0.0.1:{port}/readyz", server)
+            if serve_processes > 1:
+                await wait_node_processes(port, server, serve_processes)
         await asyncio.sleep(1.0)  # workers connected and polling
         for w in worker_procs:
             if w.popen.poll() is not None:
@@ -439,7 +477,8 @@ async def scenario_main(protocol: str, run: int, args: argparse.Namespace) -> di
     out: dict[str, Any] = {"kind": "main", "system": protocol, "run": run}
     users = [f"u{i}" for i in range(args.connections // 2)]
     with stores() as (database_url, redis_url), Processes() as children:
-        stack = await start_stack(children, protocol, database_url, redis_url)
+        stack = await start_stack(children, protocol, database_url, redis_url,
+                                  serve_processes=args.serve_processes if protocol == "notify" else 1)
         clients = ClientPool(protocol, args.client_processes)
         producers = producer_for(stack, args.producers)
         s = Session(stack, clients, producers)
@@ -468,6 +507,8 @@ async def scenario_main(protocol: str, run: int, args: argparse.Namespace) -> di
                 if r["delivered"] < r["expected"] * 0.5 or (r["p99_ms"] or 0) > 20_000:
                     print("  (stopping the ladder: far past saturation)", flush=True)
                     break
+            if "flood" in args.skip:
+                return out
             r = await s.step(users, 0, args.flood_events, profile=args.profile_dir)
             out["flood"] = r
             print(f"  {protocol} run {run}: flood {args.flood_events} -> delivered {r['delivered']}/{r['expected']} "
@@ -504,7 +545,8 @@ async def scenario_main(protocol: str, run: int, args: argparse.Namespace) -> di
 async def scenario_memory(protocol: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": "memory", "system": protocol, "run": run, "connections": args.memory_connections}
     with stores() as (database_url, redis_url), Processes() as children:
-        stack = await start_stack(children, protocol, database_url, redis_url, workers=0)
+        stack = await start_stack(children, protocol, database_url, redis_url, workers=0,
+                                  serve_processes=args.serve_processes if protocol == "notify" else 1)
         clients = ClientPool(protocol, args.client_processes)
         s = Session(stack, clients, None)  # type: ignore[arg-type]  # no events here
         try:
@@ -628,6 +670,10 @@ async def main() -> None:
     parser.add_argument("--quiet-pct", type=float, default=50.0,
                         help="before each step, wait until other processes use less than this %% of a core")
     parser.add_argument("--quiet-wait-s", type=float, default=10.0, help="... but at most this long")
+    parser.add_argument("--serve-processes", type=int, default=1,
+                        help="notify: each node is `serve --processes N` on one port (issue 21)")
+    parser.add_argument("--skip", default="", help="main scenario: `flood` ends it after the ladder (no flood, "
+                                                   "drain or fan-out)")
     parser.add_argument("--quick", action="store_true", help="1 run, short steps (a smoke test)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"))
     parser.add_argument("--web-push", action="store_true", help="notify with web push on (issue 20)")
@@ -637,6 +683,7 @@ async def main() -> None:
     args.rates = [int(r) for r in args.rates.split(",") if r]
     args.long_rates = [int(r) for r in args.long_rates.split(",") if r]
     args.profile_rates = {int(r) for r in args.profile_rates.split(",") if r}
+    args.skip = {part for part in args.skip.split(",") if part}
     if args.quick:
         args.runs, args.step_s, args.long_step_s, args.flood_events, args.memory_connections = 1, 3.0, 3.0, 2000, 2000
     systems = [s for s in args.systems.split(",") if s]

@@ -1,6 +1,7 @@
 """The chaos soak of issue 9, item 7 (bench/chaos.py), for 2 minutes: its verdict must be a pass.
 
-The soak runs as a subprocess (`python -m bench.chaos`): it starts its own private Postgres and Redis,
+The soak runs as a subprocess (`python -m bench.chaos`): it starts its own private replicated Postgres
+and Redis (a streaming standby; a replica and three Sentinels),
 2 nodes, 2 workers and 400 tabs, injects every kind of fault at least once, and checks the books at the
 end (see the module's docstring). Its markdown tables are printed (`-s` shows them; a failure shows them
 too). SIGTERM (or Ctrl-C) makes it stop everything it started, so an interrupted test leaves nothing behind.

@@ -9,6 +9,10 @@ trips each.
 Its main loop never ends on a store fault: a batch Postgres or Redis cannot take is rescheduled with
 backoff (its events are never given up for that), a failing round is retried after a backoff, and
 `/readyz` on `worker.metrics_port` says when the loop is down.
+
+No job stops the line: one that cannot run gets a result naming why at once, and a batch whose results
+Redis refuses for any reason but an outage is settled with small fixed results instead (or, should even
+those be refused, left to its claims' expiry) — never kept and retried ahead of everything else.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from aiohttp import web
 
 from notify_server.core.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, render
 from notify_server.core.settings import Settings
-from notify_server.core.stores import Fault, classify, reconnect_if_stale
+from notify_server.core.stores import Fault, classify, describe, reconnect_if_stale
 from notify_server.core.supervisor import Backoff, LoopHealth, Supervisor, report_failure, stopping
 from notify_server.ingest.eventqueue import ClaimedJob, Outcome, now_ms
 from workers.context import WorkerContext
@@ -202,7 +206,7 @@ class EventConsumer:
             if job.failure is None:
                 runnable.append(job)
             else:
-                logger.error("job %s failed: %s", job.job_id, job.failure)
+                logger.error("job %s failed: %s", job.log_id, job.failure)
                 outcomes.append(Outcome(job, False, {"status": "failed", "reason": job.failure}))
         if runnable:
             try:
@@ -240,14 +244,38 @@ class EventConsumer:
     async def _settle_in_redis(
         self, retries: list[tuple[ClaimedJob, float]], outcomes: list[Outcome], started_ms: int
     ) -> None:
-        """Reschedule and finish a batch's jobs. When Redis refuses (down, read-only during a fail-over),
-        the batch's verdicts are kept and written first thing once it answers, instead of waiting for
-        the claims to lapse (job timeout + 10 s) and running the jobs again."""
+        """Reschedule and finish a batch's jobs. When Redis cannot take them now (down, read-only during a
+        fail-over), the batch's verdicts are kept and written first thing once it answers, instead of
+        waiting for the claims to lapse (job timeout + 10 s) and running the jobs again. Any other refusal
+        would come back every round: the batch is settled with small fixed results instead."""
+        queue = self.context.queue
         self._unsettled = (retries, outcomes, started_ms)
-        await self.context.queue.retry(retries)
-        self._unsettled = ([], outcomes, started_ms)
-        await self.context.queue.finish(outcomes, started_ms)
+        try:
+            await queue.retry(retries)
+            self._unsettled = ([], outcomes, started_ms)
+            await queue.finish(outcomes, started_ms)
+        except Exception as exc:
+            if classify(exc) in (Fault.TRANSIENT, Fault.MISCONFIGURED):
+                raise  # kept in _unsettled
+            self._unsettled = None
+            await self._settle_fixed(len(retries) + len(outcomes), outcomes, started_ms, exc)
+            return
         self._unsettled = None
+
+    async def _settle_fixed(self, count: int, outcomes: list[Outcome], started_ms: int, exc: BaseException) -> None:
+        """After Redis refused a batch's results for a reason that is no outage: every finished job gets a
+        small fixed failed result naming why; jobs that were to be retried keep their claims, which lapse
+        and let them run again. Should Redis refuse even that, the claims lapse for all of them."""
+        reason = f"its result could not be written ({describe(exc)})"
+        logger.error("a batch of %d job(s) could not be settled (%s); failed results are written instead",
+                     count, describe(exc), exc_info=exc)
+        try:
+            await self.context.queue.finish(outcomes, started_ms, fixed_reason=reason)
+        except Exception as second:
+            if classify(second) in (Fault.TRANSIENT, Fault.MISCONFIGURED):
+                raise  # Redis went away meanwhile: the claims lapse and the jobs run again
+            logger.error("even fixed results were refused (%s); %d job(s) run again once their claims lapse",
+                         describe(second), len(outcomes))
 
     def _settle(
         self, jobs: list[ClaimedJob], reasons: list[str], outcomes: list[Outcome],

@@ -11,6 +11,7 @@ import dataclasses
 from redis.asyncio import Redis
 
 from notify_server.core.metrics import WorkerMetrics
+from notify_server.core.redis_client import redis_client
 from notify_server.core.settings import Settings
 from notify_server.ingest.eventqueue import EventQueue, RetryPolicy
 from notify_server.storage.db import Database
@@ -41,7 +42,7 @@ class WorkerContext:
         cls, settings: Settings, *, redis: Redis | None = None, metrics: WorkerMetrics | None = None
     ) -> WorkerContext:
         settings.require_services()
-        client = redis if redis is not None else Redis.from_url(settings.redis.url, health_check_interval=30)
+        client = redis if redis is not None else redis_client(settings.redis, health_check_interval=30)
         db = Database(settings.database)
         worker = settings.worker
         return cls(

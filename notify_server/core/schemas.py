@@ -27,33 +27,50 @@ def iso_utc(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _check_json_text(value: Any, depth: int = 0) -> None:
-    """Refuse what Postgres cannot store as text/jsonb: NUL characters, lone surrogates, deep nesting."""
-    if depth > MAX_JSON_DEPTH:
-        raise ValidationError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValidationError("contains a NUL character")
+def _check_text(value: str) -> None:
+    """Refuse what Postgres cannot store as text: NUL characters, lone surrogates."""
+    if "\x00" in value:
+        raise ValidationError("contains a NUL character")
+    if not value.isascii():
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValidationError("is not valid unicode (lone surrogate)") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValidationError("object keys must be strings")
-            _check_json_text(key, depth + 1)
-            _check_json_text(item, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_json_text(item, depth + 1)
-    elif value is not None and not isinstance(value, (bool, int, float)):
-        raise ValidationError(f"holds a {type(value).__name__}, which is not JSON")
+
+
+def _check_json_value(value: dict[str, Any] | list[Any], max_bytes: int) -> None:
+    """Refuse what Postgres cannot store as jsonb (see _check_text; deep nesting; anything not JSON), and
+    what cannot fit in max_bytes of JSON. Bounded before it walks far: every JSON value takes a byte at
+    least, so the walk stops after max_bytes values, however a pickle's memo shared them (a list shared
+    twice at each of 30 levels would otherwise be walked 2**31 times). Only containers are queued."""
+    budget = max_bytes - 1
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        container, depth = pending.pop()
+        budget -= 2 * len(container) if isinstance(container, dict) else len(container)  # keys count too
+        if budget < 0:
+            raise ValidationError(f"is more than {max_bytes} bytes of JSON; at most {max_bytes} allowed")
+        if container and depth >= MAX_JSON_DEPTH:  # its values would be deeper than the limit
+            raise ValidationError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        children = container
+        if isinstance(container, dict):
+            for key in container:
+                if not isinstance(key, str):
+                    raise ValidationError("object keys must be strings")
+                _check_text(key)
+            children = container.values()
+        for item in children:
+            if isinstance(item, str):
+                _check_text(item)
+            elif isinstance(item, (dict, list, tuple)):
+                pending.append((item, depth + 1))
+            elif item is not None and not isinstance(item, (bool, int, float)):
+                raise ValidationError(f"holds a {type(item).__name__}, which is not JSON")
 
 
 def _json_object(max_bytes: int) -> Callable[[dict[str, Any]], None]:
     def check(value: dict[str, Any]) -> None:
-        _check_json_text(value)
+        _check_json_value(value, max_bytes)
         try:
             size = len(orjson.dumps(value))
         except (TypeError, orjson.JSONEncodeError) as exc:
@@ -65,7 +82,7 @@ def _json_object(max_bytes: int) -> Callable[[dict[str, Any]], None]:
 
 
 def _text(value: str) -> None:
-    _check_json_text(value)
+    _check_text(value)
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -111,7 +128,7 @@ def _recipient_problem(item: Any) -> dict[str, list[str]] | list[str] | None:
     for key, text in (("user_id", user_id), ("email", email)):
         if isinstance(text, str):
             try:
-                _check_json_text(text)
+                _check_text(text)
             except ValidationError as exc:
                 return {key: [str(exc.messages[0])]}
     if email is not None and (not isinstance(email, str) or len(email) > 320 or not _EMAIL.match(email)):

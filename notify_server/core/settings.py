@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -121,9 +122,31 @@ def _pool_sizes_in_order(section: DatabaseSettings) -> DatabaseSettings:
     return section
 
 
+def _host_port(value: str) -> None:
+    """`host:port` (a sentinel's address); an IPv6 host in brackets: `[::1]:26379`."""
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})", value)
+    if match is None or not 0 < int(match[2]) <= 65535:
+        raise ValidationError("must be host:port, e.g. 10.0.0.5:26379")
+
+
+# ---- high availability (issue 21): Sentinel and replica acknowledgements
 @dataclasses.dataclass(frozen=True)
 class RedisSettings:
     url: str = setting("", validate=_url("redis", "rediss", "unix"))
+    sentinels: tuple[str, ...] = setting((), item_validate=_host_port)  # empty: url names the server itself
+    sentinel_master: str = setting("mymaster", validate=validate.Length(min=1, max=200))
+    sentinel_password: str = setting("", secret=True)
+    min_replicas_acked: int = setting(0, validate=validate.Range(min=0, max=100))
+    replica_ack_timeout_ms: int = setting(1000, validate=validate.Range(min=1, max=60000))
+
+
+@after_load(RedisSettings)
+def _sentinels_need_a_network_url(section: RedisSettings) -> RedisSettings:
+    # With sentinels the URL gives db, password and TLS; a socket path has no place there.
+    if section.sentinels and section.url.startswith("unix://"):
+        raise ValidationError("must be redis:// or rediss:// when redis.sentinels is set", "url")
+    return section
+# ---- end high availability
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +157,14 @@ class ServerSettings:
         "", validate=validate.Regexp(r"^[A-Za-z0-9_.-]{0,64}$", error="letters, digits, _.- only")
     )
     shutdown_timeout_s: float = setting(5.0, validate=_positive)
+    metrics_port: int = setting(0, validate=_port)  # 0: /metrics only on the main port (issue 21)
+
+
+@after_load(ServerSettings)
+def _metrics_port_apart(section: ServerSettings) -> ServerSettings:
+    if section.metrics_port and section.metrics_port == section.port:
+        raise ValidationError("must differ from server.port (0 = none)", "metrics_port")
+    return section
 
 
 @dataclasses.dataclass(frozen=True)

@@ -82,6 +82,8 @@ def _classify_redis(exc: redis.exceptions.RedisError) -> Fault | None:
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                         redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError)):
         return Fault.TRANSIENT
+    if isinstance(exc, redis.exceptions.NoScriptError):  # a restarted or promoted server lost its scripts
+        return Fault.TRANSIENT
     message = str(exc).lstrip("-").upper()
     if message.startswith(_REDIS_TRANSIENT_PREFIXES) or "READONLY" in message[:120]:
         return Fault.TRANSIENT
@@ -99,10 +101,15 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}({code})" if code else type(exc).__name__
 
 
+# What redis-py's Sentinel connections raise instead of READONLY (redis.asyncio.sentinel): they dropped
+# themselves, the rest of their pool still points at the demoted primary.
+_DEMOTED_PRIMARY = "previous master is now a slave"
+
+
 def _read_only(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.ReadOnlyError) or (
         isinstance(exc, redis.exceptions.ResponseError) and str(exc).upper().startswith("READONLY")
-    )
+    ) or (isinstance(exc, redis.exceptions.ConnectionError) and _DEMOTED_PRIMARY in str(exc))
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -116,6 +123,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 async def reconnect_if_stale(client: Redis, exc: BaseException) -> None:
     """After a READONLY (in `exc` or its causes), this client's connections point at a replica — the
-    old primary after a fail-over: drop them all, so new ones are opened (and the name resolved) again."""
+    old primary after a fail-over: drop them all, so new ones are opened (and the name resolved, or the
+    sentinels asked, notify_server.core.redis_client) again."""
     if any(_read_only(e) for e in _chain(exc)):
         await client.connection_pool.disconnect()

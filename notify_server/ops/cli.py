@@ -15,16 +15,17 @@ import orjson
 import psycopg2
 import psycopg2.errors
 import redis.exceptions
-from redis.asyncio import Redis
 
 from notify_server.auth.apikeys import new_api_key
 from notify_server.auth.revocations import publish_revocation
 from notify_server.core.logs import configure_logging
+from notify_server.core.redis_client import redis_client
 from notify_server.core.settings import ConfigError, Settings, load_settings
 from notify_server.core.vapid_keys import VapidKeyError, application_server_key, create_key_file
 from notify_server.ingest.events import EventRejected, parse_event
-from notify_server.ingest.producer import enqueue_event
+from notify_server.ingest.producer import EventProducer, NotReplicated
 from notify_server.ops.dev import run_dev
+from notify_server.ops.processes import cpu_count, reserve_port, run_group
 from notify_server.ops.worker_program import WorkerProgram, WorkerProgramMissing, worker_program
 from notify_server.storage.db import Database
 from notify_server.storage.migrations import apply_migrations
@@ -83,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="run one server node (WebSocket + REST)")
     serve.add_argument("--host", help="overrides server.host")
     serve.add_argument("--port", type=_port, help="overrides server.port")
+    add_process_arguments(serve)
 
-    commands.add_parser("worker", parents=[common], help="run one event worker")
+    worker = commands.add_parser("worker", parents=[common], help="run one event worker")
+    add_process_arguments(worker)
 
     dev = commands.add_parser("dev", parents=[common], help="first run: embedded services, a node, a worker, a demo")
     dev.add_argument("--host", help="overrides server.host")
@@ -166,17 +169,74 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     settings.require_services()
+    where = f"{settings.server.host}:{settings.server.port}"
     try:
-        run_node(settings)
+        if args.processes > 1:
+            return serve_processes(settings, args)
+        run_node(as_process(settings, args.process_index), reuse_port=args.process_index is not None)
     except OSError as exc:  # bind: unknown host, address in use, no permission
-        where = f"{settings.server.host}:{settings.server.port}"
         raise CommandError(f"cannot listen on {where} (server.host/server.port): {exc.strerror or exc}") from None
     return 0
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    if args.processes > 1:
+        settings.require_services()
+        return worker_processes(settings, args)
     settings.require_services()
-    return _worker_program().run(settings)
+    return _worker_program().run(as_process(settings, args.process_index))
+
+
+# ---- several processes per command (issue 21): --processes N, supervised by notify_server.ops.processes
+
+
+def _processes(text: str) -> int:
+    if text == "auto":
+        return cpu_count()
+    return _positive_int(text)
+
+
+def add_process_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--processes", type=_processes, default=1, metavar="N",
+                        help="run N supervised processes (auto: one per core); default 1")
+    parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)  # set for children
+
+
+def as_process(settings: Settings, index: int | None) -> Settings:
+    """A child of a group: node id `<server.node_id>-<index>` when one is configured (else a random one),
+    its own metrics port `<metrics_port> + index` for nodes and workers alike (when one is configured)."""
+    if index is None:
+        return settings
+    server: dict[str, Any] = {}
+    if settings.server.node_id:
+        server["node_id"] = f"{settings.server.node_id}-{index}"
+    if settings.server.metrics_port:
+        server["metrics_port"] = settings.server.metrics_port + index
+    worker = {"metrics_port": settings.worker.metrics_port + index} if settings.worker.metrics_port else {}
+    return settings.replace(server=server, worker=worker)
+
+
+def _common_child_args(args: argparse.Namespace) -> list[str]:
+    return ([f"--config={args.config}"] if args.config else []) + (
+        [f"--log-format={args.log_format}"] if args.log_format else [])
+
+
+def serve_processes(settings: Settings, args: argparse.Namespace) -> int:
+    """The port is bound here first (SO_REUSEPORT, never listening): a port in use fails before any child
+    starts, port 0 becomes one port for all, and no other program takes it between two restarts."""
+    with reserve_port(settings.server.host, settings.server.port) as port:
+        logger.info("serving on %s:%d with %d node processes", settings.server.host, port, args.processes)
+        child_args = [*_common_child_args(args), f"--host={settings.server.host}", f"--port={port}"]
+        return run_group("serve", child_args, args.processes, stop_timeout_s=settings.server.shutdown_timeout_s + 10)
+
+
+def worker_processes(settings: Settings, args: argparse.Namespace) -> int:
+    logger.info("running %d worker processes", args.processes)
+    return run_group("worker", _common_child_args(args), args.processes,
+                     stop_timeout_s=settings.worker.job_timeout_s + 10)
+
+
+# ---- end several processes
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -213,7 +273,7 @@ def cmd_session(settings: Settings, args: argparse.Namespace) -> int:
     async def revoke(db: Any) -> str | None:
         token_hash = await SessionStore(db).revoke(args.token)
         if token_hash is not None:
-            client = Redis.from_url(settings.redis.url)
+            client = redis_client(settings.redis)
             try:
                 await publish_revocation(client, token_hash)
             finally:
@@ -240,13 +300,16 @@ def cmd_emit(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"event refused: {exc}") from None
 
     async def enqueue() -> Any:
-        client = Redis.from_url(settings.redis.url)
-        try:
-            return await enqueue_event(client, event, queue_name=settings.queues.events)
-        finally:
-            await client.aclose()
+        async with EventProducer.from_settings(settings) as producer:
+            return await producer.enqueue_event(event)
 
-    if asyncio.run(enqueue()) is None:
+    try:
+        job = asyncio.run(enqueue())
+    except NotReplicated as exc:
+        raise CommandError(f"event {event['event_id']} queued but not confirmed by enough Redis replicas "
+                           f"({exc.acked} of {exc.required}): run emit again with --event-id "
+                           f"{event['event_id']}") from None
+    if job is None:
         raise CommandError(f"event {event['event_id']} is already queued or was processed recently")
     print(event["event_id"])
     return 0
@@ -256,7 +319,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     settings.require_services()
 
     async def check() -> tuple[str | None, tuple[str | None, list[str]]]:
-        return await asyncio.gather(check_postgres(settings.database.url), check_redis(settings.redis.url))
+        return await asyncio.gather(check_postgres(settings.database.url), check_redis(settings.redis))
 
     postgres_problem, (redis_problem, warnings) = asyncio.run(check())
     problems = [problem for problem in (postgres_problem, redis_problem) if problem]
@@ -284,7 +347,7 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
     settings.require_services()
 
     async def prune() -> PruneResult | None:
-        redis = Redis.from_url(settings.redis.url)
+        redis = redis_client(settings.redis)
         db = Database(dataclasses.replace(settings.database, pool_min_size=1, pool_max_size=2))
         try:
             pruner = Pruner(db, settings.retention, push_counts=PushRouter.writer(redis, settings).push_unread_counts)

@@ -12,9 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import psycopg2
+import psycopg2.extensions
 from yoyo import get_backend, read_migrations
+
+from notify_server.storage.db import is_multi_host
 
 logger = logging.getLogger("notify.migrations")
 
@@ -37,6 +41,11 @@ def missing_from(applied: list[str] | set[str]) -> list[str]:
 
 
 def _yoyo_url(database_url: str) -> str:
+    # yoyo reads host and port from the URL's netloc, which cannot hold libpq's list of hosts; it passes
+    # query arguments on to psycopg2 as they are, so a multi-host URL goes there, for libpq to pick from.
+    if is_multi_host(database_url):
+        params = psycopg2.extensions.parse_dsn(database_url)
+        return f"postgresql:///{quote(params.pop('dbname', ''))}?{urlencode(params)}"
     # yoyo names its psycopg2 backend "postgresql+psycopg2"; plain "postgresql://" picks it too,
     # but "postgres://" is not known to it.
     if database_url.startswith("postgres://"):

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from notify_server.auth.authenticator import Authenticator
 from notify_server.auth.session_watch import SessionWatcher
 from notify_server.core.batching import BatchLoader
 from notify_server.core.constants import CLOSE_GOING_AWAY
 from notify_server.core.metrics import ServerMetrics
+from notify_server.core.redis_client import redis_client
 from notify_server.core.settings import Settings
 from notify_server.core.stores import describe, reconnect_if_stale, unavailable
 from notify_server.core.supervisor import LoopHealth, Supervisor
@@ -36,6 +36,7 @@ from notify_server.transport.repair import PushGapRepair
 from notify_server.transport.routing import PushRouter
 from notify_server.web import api, appkeys, inbox, openapi, publish
 from notify_server.web import push_subscriptions as web_push  # issue 20
+from notify_server.web.process_port import process_port_ctx
 from notify_server.web.sse import SSE_PATH, notifications_sse
 from notify_server.web.ws import notifications_ws
 
@@ -63,6 +64,7 @@ def create_app(
     app[appkeys.SETTINGS] = settings
     app[appkeys.NODE_ID] = node_id or settings.server.node_id or new_node_id()
     app.cleanup_ctx.extend([postgres_ctx, redis_ctx, auth_ctx, node_ctx, loops_ctx])
+    app.cleanup_ctx.append(process_port_ctx)  # server.metrics_port (issue 21)
     app.on_shutdown.append(drain_sockets)
     app.router.add_get("/ws/notifications", notifications_ws)
     app.router.add_get(SSE_PATH, notifications_sse)
@@ -104,7 +106,7 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    client = Redis.from_url(app[appkeys.SETTINGS].redis.url, health_check_interval=30)
+    client = redis_client(app[appkeys.SETTINGS].redis, health_check_interval=30)
     app[appkeys.REDIS] = client
     yield
     await client.aclose()
@@ -241,12 +243,14 @@ def collect_young_objects_less_often() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
-def run_node(settings: Settings) -> None:
+def run_node(settings: Settings, *, reuse_port: bool = False) -> None:
     """`notify-server serve`: run until SIGTERM or SIGINT. The port is bound before anything starts,
-    so an unknown host or a port in use fails at once (OSError) with nothing opened."""
+    so an unknown host or a port in use fails at once (OSError) with nothing opened. reuse_port: one
+    of `serve --processes N`'s children, sharing the port with the others (SO_REUSEPORT)."""
     collect_young_objects_less_often()
     # A deep backlog: a reconnect storm of thousands arrives at once (the kernel caps it at somaxconn).
-    listening = socket.create_server((settings.server.host, settings.server.port), backlog=LISTEN_BACKLOG)
+    listening = socket.create_server((settings.server.host, settings.server.port), backlog=LISTEN_BACKLOG,
+                                     reuse_port=reuse_port)
     app = create_app(settings)
     web.run_app(
         app,

@@ -19,7 +19,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from notify_server.auth.apikeys import ApiKeyRing
 from notify_server.core.schemas import MAX_EVENT_ID_CHARS, first_error
 from notify_server.ingest.events import EventRejected, event_id_for_log, parse_event
-from notify_server.ingest.producer import enqueue_events
+from notify_server.ingest.producer import NotReplicated, enqueue_events
 from notify_server.web import appkeys
 from notify_server.web.api import json_error
 
@@ -91,7 +91,18 @@ async def _publish(request: web.Request, raw_events: Sequence[Any]) -> list[dict
         valid.append((index, raw))
         results.append({"event_id": raw["event_id"], "status": QUEUED})
     if valid:
-        jobs = await enqueue_events(app[appkeys.REDIS], [raw for _, raw in valid], queue_name=settings.queues.events)
+        try:
+            jobs = await enqueue_events(
+                app[appkeys.REDIS], [raw for _, raw in valid], queue_name=settings.queues.events,
+                min_replicas_acked=settings.redis.min_replicas_acked,
+                replica_ack_timeout_ms=settings.redis.replica_ack_timeout_ms,
+            )
+        except NotReplicated as exc:  # queued on the primary, maybe not on a replica: the producer retries
+            logger.warning("publish: %d event(s) not confirmed by enough replicas (%d of %d)", len(valid),
+                           exc.acked, exc.required)
+            raise web.HTTPServiceUnavailable(reason=(
+                f"not confirmed by enough Redis replicas ({exc.acked} of {exc.required}); retry with the same "
+                "event_id (a retry of an event that was queued answers duplicate)")) from None
         for (index, _), job in zip(valid, jobs, strict=True):
             if job is None:
                 results[index]["status"] = DUPLICATE
