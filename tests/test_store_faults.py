@@ -747,7 +747,7 @@ async def test_arq_pickle_producers_are_served_a_crafted_pickle_runs_nothing_and
         pickled = event("arq-pickled", "alice")
         job = await pool.enqueue_job("process_event", pickled, _queue_name=queue, _job_id=pickled["event_id"])
         assert job is not None
-        assert await job.result(timeout=30, poll_delay=0.05) == {"status": "stored", "recipients": 1, "stored": 1}
+        assert await job.result(timeout=30, poll_delay=0.05) == {"status": "stored", "recipients": 1, "stored": 1, "muted": 0}
 
         # A crafted pickle: its reduce would run `touch <marker>`; then a plain job behind it.
         marker = tmp_path / "pickle-ran"

@@ -15,7 +15,9 @@ from notify_server.core.metrics import WorkerMetrics
 from notify_server.core.settings import Settings
 from notify_server.ingest.eventqueue import EventQueue, RetryPolicy
 from notify_server.storage.db import Database
+from notify_server.storage.digests import DigestStore
 from notify_server.storage.notifications import NotificationRepository
+from notify_server.storage.preferences import PreferenceStore
 from notify_server.transport.presence import Presence
 from notify_server.transport.push import StreamPushTransport
 from notify_server.transport.routing import PushRouter
@@ -33,6 +35,8 @@ class WorkerContext:
     queue: EventQueue
     policy: RetryPolicy
     metrics: WorkerMetrics
+    preferences: PreferenceStore
+    digests: DigestStore
 
     @classmethod
     def build(
@@ -57,6 +61,8 @@ class WorkerContext:
             queue=EventQueue(client, settings.queues.events, job_timeout_s=worker.job_timeout_s),
             policy=RetryPolicy(worker.max_tries, worker.retry_backoff_max_s),
             metrics=metrics or WorkerMetrics(),
+            preferences=PreferenceStore(db, settings.templates),
+            digests=DigestStore(db, settings.templates),
         )
 
     async def close(self) -> None:

@@ -1,10 +1,13 @@
-"""The event pipeline for a batch of events: validate, render, store (one transaction), then push.
+"""The event pipeline for a batch of events: validate, render, choose who gets it now, store (one
+transaction), then push.
 
 Both engines run it — the batched consumer (workers/consumer.py) and the plain arq job (workers/jobs.py).
 Each event ends in one of four verdicts; store faults that concern the whole batch are raised as
 StoreUnavailable (stores.py decides which faults those are):
 
-- STORED: its rows are in Postgres (or were already) and pushed to the nodes holding its recipients;
+- STORED: its rows are in Postgres (or were already) and pushed to the nodes holding its recipients,
+  except for recipients who turned its type off ("muted") or whose digest window holds it ("held",
+  workers/audience.py);
 - REJECTED: it can never be stored as sent (malformed, or Postgres refuses one of its values): logged,
   result written, never retried;
 - RETRY: it failed alone for a reason that is no store fault (a bug): retried a bounded number of times;
@@ -29,6 +32,7 @@ from notify_server.ingest.events import EventRejected, event_id_for_log, parse_e
 from notify_server.storage.notifications import NewNotifications, Notification, StoredEvent, UnreadState
 from notify_server.transport.frames import notification_frames
 from notify_server.transport.push import PushItem
+from workers.audience import select_audience
 from workers.context import WorkerContext
 
 logger = logging.getLogger("notify.worker")
@@ -104,14 +108,19 @@ async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) ->
             continue
         if new.event_id in seen_ids:  # the same event twice in one batch: the first one stores it
             results[index] = EventResult(Verdict.STORED, {"status": "stored", "recipients": len(new.recipients),
-                                                          "stored": 0})
+                                                          "stored": 0, "muted": 0})
             continue
         seen_ids.add(new.event_id)
         accepted.append((index, new))
 
     stored_rows = dict.fromkeys((index for index, _ in accepted), 0)
     retried = {new.event_id for index, new in accepted if attempts[index].job_try > 1}
-    for chunk in _chunks(await _online_first(context, accepted)):
+    try:  # preferences and digest windows: who gets each event now
+        audience = await select_audience(context, accepted, [attempt.event for attempt in attempts])
+    except Exception as exc:
+        _raise_if_unavailable(exc)
+        raise
+    for chunk in _chunks(await _online_first(context, audience.now)):
         outcomes = await _store(context, [new for _, new in chunk])
         stored_now: list[StoredEvent] = []
         for (index, new), outcome in zip(chunk, outcomes, strict=True):
@@ -131,9 +140,13 @@ async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) ->
             raise
     for index, new in accepted:
         if results[index] is None:
-            results[index] = EventResult(Verdict.STORED, {
-                "status": "stored", "recipients": len(new.recipients), "stored": stored_rows[index],
-            })
+            counts: dict[str, Any] = {"status": "stored", "recipients": len(new.recipients),
+                                      "stored": stored_rows[index], "muted": audience.muted.get(index, 0)}
+            if index in audience.held:
+                counts["held"] = audience.held[index]
+            results[index] = EventResult(Verdict.STORED, counts)
+    metrics.recipients_muted.inc(sum(audience.muted.values()))
+    metrics.digest_events_held.inc(sum(audience.held.values()))
 
     duration_ms = (time.perf_counter() - started) * 1000
     for index, new in accepted:
@@ -141,8 +154,9 @@ async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) ->
         if result is not None and result.verdict is Verdict.STORED:
             metrics.events_processed.inc()
             logger.info(
-                "event processed event_id=%s recipients=%d stored=%d batch=%d duration_ms=%.1f",
-                new.event_id, len(new.recipients), result.result["stored"], len(attempts), duration_ms,
+                "event processed event_id=%s recipients=%d stored=%d muted=%d held=%d batch=%d duration_ms=%.1f",
+                new.event_id, len(new.recipients), result.result["stored"], result.result["muted"],
+                result.result.get("held", 0), len(attempts), duration_ms,
             )
     metrics.job_duration.observe(duration_ms / 1000)
     return [r if r is not None else _retry("not processed") for r in results]

@@ -117,28 +117,36 @@ class NotificationRepository:
         Only seq, id and created_at come back per row; the rest is already in memory."""
         if not events:
             return []
+        async with self._db.connection() as conn, conn.cursor() as cur:
+            return await self.store_events_on(cur, events)
+
+    @staticmethod
+    async def store_events_on(cur: Any, events: Sequence[NewNotifications]) -> list[StoredEvent]:
+        """store_events with `cur`, inside the caller's transaction when it has one (a digest is stored in
+        the transaction that takes its held events, so both happen or neither)."""
+        if not events:
+            return []
         by_id = {new.event_id: new for new in events}
         event_ids = list(by_id)
         position = {event_id: i for i, event_id in enumerate(event_ids, start=1)}
         recipients = [(new.event_id, r) for new in by_id.values() for r in new.recipients]
-        async with self._db.connection() as conn, conn.cursor() as cur:
-            await cur.execute(
-                "SELECT * FROM notify_store_events(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-                " %s::text[], %s::text[], %s::text[], %s::text[], %s::int[])",
-                (
-                    event_ids,
-                    [by_id[e].event_type for e in event_ids],
-                    [by_id[e].title for e in event_ids],
-                    [by_id[e].body for e in event_ids],
-                    [by_id[e].priority for e in event_ids],
-                    [by_id[e].action_url for e in event_ids],
-                    [orjson.dumps(by_id[e].metadata).decode() for e in event_ids],
-                    [r.user_id for _, r in recipients],
-                    [r.email for _, r in recipients],
-                    [position[event_id] for event_id, _ in recipients],
-                ),
-            )
-            rows = await cur.fetchall()
+        await cur.execute(
+            "SELECT * FROM notify_store_events(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+            " %s::text[], %s::text[], %s::text[], %s::text[], %s::int[])",
+            (
+                event_ids,
+                [by_id[e].event_type for e in event_ids],
+                [by_id[e].title for e in event_ids],
+                [by_id[e].body for e in event_ids],
+                [by_id[e].priority for e in event_ids],
+                [by_id[e].action_url for e in event_ids],
+                [orjson.dumps(by_id[e].metadata).decode() for e in event_ids],
+                [r.user_id for _, r in recipients],
+                [r.email for _, r in recipients],
+                [position[event_id] for event_id, _ in recipients],
+            ),
+        )
+        rows = await cur.fetchall()
         by_event: dict[str, list[Notification]] = {}
         states: dict[str, UnreadState] = {}
         for seq, notification_id, event_id, recipient_id, email, created_at, unread, version in rows:

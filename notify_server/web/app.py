@@ -34,7 +34,7 @@ from notify_server.transport.presence import Presence
 from notify_server.transport.push import StreamPushTransport
 from notify_server.transport.repair import PushGapRepair
 from notify_server.transport.routing import PushRouter
-from notify_server.web import api, appkeys, openapi, publish
+from notify_server.web import api, appkeys, openapi, preferences, publish
 from notify_server.web.sse import SSE_PATH, notifications_sse
 from notify_server.web.ws import notifications_ws
 
@@ -68,6 +68,9 @@ def create_app(
     app.router.add_get("/static/notify-client.js", browser_client)
     api.add_routes(app)
     publish.add_routes(app)
+    # ---- issue 19: preferences (its own cleanup context, after the Postgres pool's)
+    preferences.add_routes(app)
+    # ---- end issue 19
     openapi.add_routes(app)
     if extra_routes is not None:
         extra_routes(app)
