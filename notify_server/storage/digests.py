@@ -24,7 +24,7 @@ from notify_server.storage.db import Database
 from notify_server.storage.notifications import NewNotifications, NotificationRepository, Recipient, StoredEvent
 from notify_server.storage.preferences import load_on
 
-DIGEST_EVENT_PREFIX = "digest:"  # the event_id of a digest: digest:<type>:<end of its window> (never shown)
+DIGEST_EVENT_PREFIX = "digest:"  # a digest's event_id: digest:<type>:<end of its window>:<user> (never shown)
 DELIVERED_KEPT = dt.timedelta(days=1)  # delivered held rows kept this long (a retried job finds them)
 ENDED_WINDOWS_KEPT = dt.timedelta(minutes=1)  # ended windows without held events kept this long
 PRUNE_BATCH = 5000
@@ -52,8 +52,10 @@ class Delivered:
     full: bool = False  # the flush took as many windows as it may: more may be due already
 
 
-def digest_event_id(event_type: str, due_at: dt.datetime) -> str:
-    return f"{DIGEST_EVENT_PREFIX}{event_type}:{due_at.astimezone(dt.UTC).isoformat()}"
+def digest_event_id(event_type: str, due_at: dt.datetime, user_id: str) -> str:
+    """One per (user, type, window): the store takes the digests of one flush as separate events (their
+    texts differ per user), and a digest stored twice would be refused as the same (event, recipient)."""
+    return f"{DIGEST_EVENT_PREFIX}{event_type}:{due_at.astimezone(dt.UTC).isoformat()}:{user_id}"
 
 
 class DigestStore:
@@ -181,7 +183,7 @@ def _digest(
         title, body = event_type, f"{count} notifications"
     priority = max((row[5] for row in held), key=lambda p: _RANK.get(p, 0))
     return NewNotifications(
-        event_id=digest_event_id(event_type, due_at), event_type=event_type, title=title, body=body,
+        event_id=digest_event_id(event_type, due_at, user_id), event_type=event_type, title=title, body=body,
         priority=priority, action_url=latest[6], metadata={"digest_count": count},
         recipients=[Recipient(user_id, latest[4])],
     )
