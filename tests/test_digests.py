@@ -116,7 +116,8 @@ def test_a_digest_may_use_count_and_the_names_of_title_and_body() -> None:
         critical=True), environ={})
 
     template = settings.templates["EVT"]
-    assert (template.category, template.critical, template.digest_window_s, template.digests) == ("inbox", True, 30, True)
+    assert (template.category, template.critical, template.digest_window_s, template.digests) == (
+        "inbox", True, 30, True)
     assert template.render_digest(template.digest_values({"who": "Ann", "thing": "a file", "x": 1}), 3) == (
         "3 × a file", "the latest from Ann")
     defaults = settings_from_mapping(config_with(), environ={}).templates["EVT"]

@@ -162,8 +162,8 @@ async def test_real_responses_of_every_documented_status_conform(
     await check(prefs, "get", node.get(prefs, headers=user))
     await check(prefs, "get", node.get(prefs))
     await check(prefs, "get", away.get(prefs, headers=user))
-    changed = await check(prefs, "patch", node.patch(prefs, headers=user, json={"categories": {"claims": {"in_app": False}},
-                                                                               "event_types": {"COMMENT_ADDED": {"in_app": None}}}))
+    change = {"categories": {"claims": {"in_app": False}}, "event_types": {"COMMENT_ADDED": {"in_app": None}}}
+    changed = await check(prefs, "patch", node.patch(prefs, headers=user, json=change))
     assert (await changed.json())["categories"]["claims"] == {"in_app": False}
     await check(prefs, "patch", node.patch(prefs, headers=user, json={"channels": {"sms": False}}))
     await check(prefs, "patch", node.patch(prefs, json={}))

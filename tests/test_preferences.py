@@ -93,8 +93,8 @@ def template(event_type: str = "T", category: str = "claims", critical: bool = F
     ({"channels": {"in_app": False}, "categories": {"claims": {"in_app": True}}}, True),
     ({"categories": {"claims": {"in_app": False}}}, False),
     ({"categories": {"claims": {"in_app": False}}, "event_types": {"T": {"in_app": True}}}, True),
-    ({"channels": {"in_app": True}, "categories": {"claims": {"in_app": True}}, "event_types": {"T": {"in_app": False}}},
-     False),
+    ({"channels": {"in_app": True}, "categories": {"claims": {"in_app": True}},
+      "event_types": {"T": {"in_app": False}}}, False),
     ({"categories": {"billing": {"in_app": False}}, "event_types": {"OTHER": {"in_app": False}}}, True),
 ], ids=["default-on", "channel-off", "category-beats-channel", "category-off", "type-beats-category",
         "type-beats-all", "other-keys-do-not-apply"])
@@ -104,7 +104,8 @@ def test_the_most_specific_switch_wins(document: dict[str, Any], allowed: bool) 
 
 def test_a_critical_type_is_allowed_whatever_the_switches_say() -> None:
     everything_off = UserPreferences.from_document(
-        {"channels": {"in_app": False}, "categories": {"claims": {"in_app": False}}, "event_types": {"T": {"in_app": False}}})
+        {"channels": {"in_app": False}, "categories": {"claims": {"in_app": False}},
+         "event_types": {"T": {"in_app": False}}})
 
     assert everything_off.allows(IN_APP, template(critical=True)) is True
 
@@ -274,7 +275,8 @@ async def test_done_when_a_critical_type_cannot_be_muted_and_still_arrives(
     client: TestClient, alice: str, settings: Settings, redis_client: Redis, db_pool: Any,
 ) -> None:
     alice_tab, _ = await connect_and_count(client, alice)
-    refused = await client.patch(PREFS, headers=bearer(alice), json={"event_types": {"PAYMENT_FAILED": {"in_app": False}}})
+    refused = await client.patch(PREFS, headers=bearer(alice),
+                                 json={"event_types": {"PAYMENT_FAILED": {"in_app": False}}})
     assert "critical" in await assert_error(refused, 400, "bad_request")
     await patch(client, alice, {"channels": {"in_app": False}, "categories": {"billing": {"in_app": False}}})
 
