@@ -99,11 +99,11 @@ def template(event_type: str = "T", category: str = "claims", critical: bool = F
 ], ids=["default-on", "channel-off", "category-beats-channel", "category-off", "type-beats-category",
         "type-beats-all", "other-keys-do-not-apply"])
 def test_the_most_specific_switch_wins(document: dict[str, Any], allowed: bool) -> None:
-    assert UserPreferences.from_document(document).allows(IN_APP, template()) is allowed
+    assert UserPreferences(document).allows(IN_APP, template()) is allowed
 
 
 def test_a_critical_type_is_allowed_whatever_the_switches_say() -> None:
-    everything_off = UserPreferences.from_document(
+    everything_off = UserPreferences(
         {"channels": {"in_app": False}, "categories": {"claims": {"in_app": False}},
          "event_types": {"T": {"in_app": False}}})
 
@@ -111,10 +111,10 @@ def test_a_critical_type_is_allowed_whatever_the_switches_say() -> None:
 
 
 def test_a_stored_document_with_junk_is_read_as_the_switches_it_holds() -> None:
-    preferences = UserPreferences.from_document(
+    preferences = UserPreferences(
         {"channels": {"in_app": "no", "web": False}, "categories": ["x"], "event_types": {"T": {"in_app": 0}}, "x": 1})
 
-    assert preferences == UserPreferences(channels={"web": False})
+    assert preferences == UserPreferences.of(channels={"web": False})
 
 
 @pytest.mark.parametrize(("patch_body", "message"), [

@@ -14,7 +14,6 @@ so the level above applies again).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,38 +33,44 @@ class PreferenceError(ValueError):
     """A change that cannot be applied; the message names the key at fault (`categories.sms: …`)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class UserPreferences:
-    """One user's explicit switches (none: everything on)."""
+    """One user's explicit switches (none: everything on), over the document as stored.
 
-    channels: Switches = dataclasses.field(default_factory=dict)
-    categories: Mapping[str, Switches] = dataclasses.field(default_factory=dict)
-    event_types: Mapping[str, Switches] = dataclasses.field(default_factory=dict)
+    Workers read many users' documents per batch and look at few of their switches: the document is kept
+    as it came and each switch is checked when it is read (anything but a boolean counts as unset)."""
+
+    __slots__ = ("_document",)
+
+    def __init__(self, document: Any = None) -> None:
+        self._document: Mapping[str, Any] = document if isinstance(document, Mapping) else {}
 
     @classmethod
-    def from_document(cls, document: Any) -> UserPreferences:
-        """From the stored document; anything that is not a boolean switch is ignored (never trusted)."""
-        if not isinstance(document, Mapping):
-            return cls()
+    def of(cls, channels: Switches | None = None, categories: Mapping[str, Switches] | None = None,
+           event_types: Mapping[str, Switches] | None = None) -> UserPreferences:
+        return cls({"channels": dict(channels or {}), "categories": dict(categories or {}),
+                    "event_types": dict(event_types or {})})
 
-        def switches(value: Any) -> dict[str, bool]:
-            if not isinstance(value, Mapping):
-                return {}
-            return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, bool)}
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UserPreferences) and self.to_document() == other.to_document()
 
-        def nested(value: Any) -> dict[str, dict[str, bool]]:
-            if not isinstance(value, Mapping):
-                return {}
-            found = {k: switches(v) for k, v in value.items() if isinstance(k, str)}
-            return {k: v for k, v in found.items() if v}
+    def __repr__(self) -> str:
+        return f"UserPreferences({self.to_document()!r})"
 
-        return cls(switches(document.get("channels")), nested(document.get("categories")),
-                   nested(document.get("event_types")))
+    @property
+    def channels(self) -> dict[str, bool]:
+        return _switches(self._document.get("channels"))
+
+    @property
+    def categories(self) -> dict[str, dict[str, bool]]:
+        return _nested(self._document.get("categories"))
+
+    @property
+    def event_types(self) -> dict[str, dict[str, bool]]:
+        return _nested(self._document.get("event_types"))
 
     def to_document(self) -> dict[str, Any]:
-        return {"channels": dict(self.channels),
-                "categories": {k: dict(v) for k, v in self.categories.items()},
-                "event_types": {k: dict(v) for k, v in self.event_types.items()}}
+        """The switches only, in the stored shape."""
+        return {"channels": self.channels, "categories": self.categories, "event_types": self.event_types}
 
     @property
     def empty(self) -> bool:
@@ -75,16 +80,16 @@ class UserPreferences:
         """Whether this user gets `template`'s events on `channel`: the most specific switch wins."""
         if template.critical:
             return True
-        switch = self.event_types.get(template.event_type, {}).get(channel)
+        switch = _switch(self._document, "event_types", template.event_type, channel)
         if switch is None:
-            switch = self.category_allows(channel, template.category)
+            return self.category_allows(channel, template.category)
         return switch
 
     def category_allows(self, channel: str, category: str) -> bool:
-        switch = self.categories.get(category, {}).get(channel)
+        switch = _switch(self._document, "categories", category, channel)
         if switch is None:
-            switch = self.channels.get(channel, True)
-        return switch
+            switch = _switch(self._document, "channels", None, channel)
+        return True if switch is None else switch
 
     def view(self, templates: Mapping[str, Template]) -> dict[str, Any]:
         """The body of GET /api/preferences: every channel, category and event type of the config with its
@@ -132,8 +137,8 @@ class UserPreferences:
                 raise PreferenceError(f"event_types.{event_type}.{off[0]}: {event_type} is critical and cannot be"
                                       " turned off")
             event_types[event_type] = switches
-        return UserPreferences(channels, {k: v for k, v in categories.items() if v},
-                               {k: v for k, v in event_types.items() if v})
+        return UserPreferences.of(channels, {k: v for k, v in categories.items() if v},
+                                  {k: v for k, v in event_types.items() if v})
 
 
 def categories_of(templates: Mapping[str, Template]) -> list[str]:
@@ -154,6 +159,28 @@ def muted_users(
         if preferences is not None and not preferences.allows(channel, template):
             muted.add(user_id)
     return muted
+
+
+def _switch(document: Mapping[str, Any], section: str, key: str | None, channel: str) -> bool | None:
+    """document[section][key][channel] (document[section][channel] without a key) when it is a boolean."""
+    value = document.get(section)
+    if key is not None:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    value = value.get(channel) if isinstance(value, Mapping) else None
+    return value if isinstance(value, bool) else None
+
+
+def _switches(value: Any) -> dict[str, bool]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, bool)}
+
+
+def _nested(value: Any) -> dict[str, dict[str, bool]]:
+    if not isinstance(value, Mapping):
+        return {}
+    found = {k: _switches(v) for k, v in value.items() if isinstance(k, str)}
+    return {k: v for k, v in found.items() if v}
 
 
 def _key(value: Any) -> str:

@@ -66,31 +66,22 @@ class DigestStore:
     async def route(self, candidates: Sequence[DigestCandidate]) -> list[set[str]]:
         """Hold what falls inside an open window; for each candidate, the recipients held (the others are
         delivered now). One call of `notify_digest_route`, its own transaction."""
-        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
-        event_ids, user_ids, event_types, windows, emails, priorities, action_urls, values = columns
-        owners: list[int] = []
-        for index, candidate in enumerate(candidates):
-            new = candidate.new
-            held_values = orjson.dumps(candidate.values).decode()
-            for recipient in new.recipients:
-                event_ids.append(new.event_id)
-                user_ids.append(recipient.user_id)
-                event_types.append(new.event_type)
-                windows.append(candidate.window_s)
-                emails.append(recipient.email)
-                priorities.append(new.priority)
-                action_urls.append(new.action_url)
-                values.append(held_values)
-                owners.append(index)
         held: list[set[str]] = [set() for _ in candidates]
-        if not owners:
+        pairs = [(recipient.user_id, recipient.email, index)
+                 for index, candidate in enumerate(candidates, start=1) for recipient in candidate.new.recipients]
+        if not pairs:
             return held
         async with self._db.connection() as conn, conn.cursor() as cur:
             await cur.execute(
-                "SELECT * FROM notify_digest_route(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[],"
-                " %s::text[], %s::text[], %s::text[])", columns)
+                "SELECT * FROM notify_digest_route(%s::text[], %s::text[], %s::float8[], %s::text[], %s::text[],"
+                " %s::text[], %s)",
+                ([c.new.event_id for c in candidates], [c.new.event_type for c in candidates],
+                 [c.window_s for c in candidates], [c.new.priority for c in candidates],
+                 [c.new.action_url for c in candidates], [orjson.dumps(c.values).decode() for c in candidates],
+                 orjson.dumps(pairs).decode()))
             for (ordinal,) in await cur.fetchall():
-                held[owners[ordinal - 1]].add(user_ids[ordinal - 1])
+                user_id, _, index = pairs[ordinal - 1]
+                held[index - 1].add(user_id)
         return held
 
     async def deliver_due(self, limit: int) -> Delivered:

@@ -16,15 +16,18 @@ from notify_server.core.preferences import UserPreferences, muted_users
 from notify_server.core.templates import Template
 from notify_server.storage.db import Database
 
-_LOAD = "SELECT user_id, settings FROM notification_preferences WHERE user_id = ANY(%s)"
+# The ids go as one JSON text: psycopg2 quotes a list element by element, 10 ms of the worker's CPU for
+# the 10,000 recipients of one event (1 µs each, against 0.07 µs as JSON; bench/preferences.py).
+_LOAD = ("SELECT user_id, settings::text FROM notification_preferences"
+         " WHERE user_id IN (SELECT jsonb_array_elements_text(%s::jsonb))")
 
 
 async def load_on(cur: Any, user_ids: Sequence[str]) -> dict[str, UserPreferences]:
     """The preferences of those of `user_ids` who have any, read with `cur` (inside its transaction)."""
     if not user_ids:
         return {}
-    await cur.execute(_LOAD, (user_ids if isinstance(user_ids, list) else list(user_ids),))
-    return {user_id: UserPreferences.from_document(settings) for user_id, settings in await cur.fetchall()}
+    await cur.execute(_LOAD, (orjson.dumps(user_ids if isinstance(user_ids, list) else list(user_ids)).decode(),))
+    return {user_id: UserPreferences(orjson.loads(settings)) for user_id, settings in await cur.fetchall()}
 
 
 class PreferenceStore:
@@ -63,7 +66,7 @@ class PreferenceStore:
                 await cur.execute(
                     "SELECT settings FROM notification_preferences WHERE user_id = %s FOR UPDATE", (user_id,))
                 row = await cur.fetchone()
-                updated = UserPreferences.from_document(row[0] if row else None).patched(patch, self._templates)
+                updated = UserPreferences(row[0] if row else None).patched(patch, self._templates)
                 if updated.empty:
                     await cur.execute("DELETE FROM notification_preferences WHERE user_id = %s", (user_id,))
                 else:

@@ -1,0 +1,154 @@
+"""What preferences cost the worker (issue 19): CPU per recipient of 10,000-recipient events, with and
+without recipients holding preferences, against the code before preferences existed.
+
+Private Postgres and Redis (bench.budget's; its load-benchmark imports need the `bench` extra), 2,000 of the 10,000 users present on a node (their frames
+are built and written to its push stream, as in production). Each run starts one `notify-server worker`
+per variant, in turn, and sends it E events of 10,000 recipients; the worker's CPU (utime + stime from
+/proc) from the first enqueue to the last row committed, divided by the rows' recipients, is that
+variant's figure for the run; the Postgres cluster's CPU likewise. Medians over the runs. Variants:
+
+- `before`: the code of `--baseline DIR` (a tree of the commit before this work: `git archive aae390e |
+  tar -x -C DIR`), no preferences read at all;
+- `none`: this code, nobody holds preferences (the common path: one query per batch, no row found);
+- `10%`: this code, every 10th recipient holds preferences that leave this type on (the worst case:
+  every row is still stored, and 1,000 users' preferences are read and applied);
+- `10% muting`: the same users have this type's category off (they get nothing: fewer rows).
+
+    .venv/bin/python -m bench.preferences --baseline /tmp/notify-baseline [--runs 5] [--events 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiopg
+import orjson
+from redis.asyncio import Redis
+
+from bench.budget import cluster_pids, private_stores
+from bench.procstats import cpu_seconds
+from bench.stack import env_for, median
+from notify_server.ingest.producer import enqueue_event
+from notify_server.transport.presence import Presence
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPIENTS = 10_000
+ONLINE = 2_000
+NODE = "bench-node"
+KEEPS_ON = {"event_types": {"APPOINTMENT_REMINDER": {"in_app": False}}}  # holds a preference; claims still on
+MUTES = {"categories": {"claims": {"in_app": False}}}
+VARIANTS = {"before": None, "none": None, "10%": KEEPS_ON, "10% muting": MUTES}
+
+
+def start_worker(tree: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`python -m notify_server worker` run from `tree` (its cwd comes first on sys.path)."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "notify_server", "worker"], cwd=tree, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def set_preferences(cur: Any, settings: dict[str, Any] | None) -> None:
+    await cur.execute("DELETE FROM notification_preferences")
+    if settings is not None:
+        await cur.execute(
+            "INSERT INTO notification_preferences (user_id, settings)"
+            " SELECT 'user-' || i, %s::jsonb FROM generate_series(0, %s, 10) AS i",
+            (orjson.dumps(settings).decode(), RECIPIENTS - 1))
+
+
+async def one_variant(
+    name: str, tree: Path, database_url: str, redis_url: str, data_dir: Path, events: int, run: int, log: Path
+) -> dict[str, float]:
+    redis = Redis.from_url(redis_url)
+    async with aiopg.connect(database_url) as conn, conn.cursor() as cur:
+        await cur.execute("TRUNCATE notifications; DELETE FROM unread_counters")
+        await set_preferences(cur, VARIANTS[name])
+        await cur.execute("ANALYZE")
+        worker = start_worker(tree, env_for(database_url, redis_url), log)
+        try:
+            await asyncio.sleep(3.0)  # imported, connected, polling
+            if worker.poll() is not None:
+                raise SystemExit(f"the {name} worker exited: see {log}")
+            # A warm-up event: the worker's pool connected and its statements planned once, as in a worker
+            # that has been running.
+            await enqueue_event(redis, {"event_id": f"warm-{run}-{name}", "event_type": "CLAIM_REJECTED",
+                                        "recipients": [{"user_id": "warm-up"}],
+                                        "data": {"provider_name": "Dr. Smith", "claim_id": "abc123"}})
+            while True:
+                await cur.execute("SELECT count(*) FROM notifications")
+                if (await cur.fetchone())[0] >= 1:
+                    break
+                await asyncio.sleep(0.01)
+            pg0 = {pid: cpu_seconds(pid) for pid in cluster_pids(data_dir)}
+            worker0, t0 = cpu_seconds(worker.pid), time.perf_counter()
+            for n in range(events):
+                await enqueue_event(redis, {
+                    "event_id": f"fanout-{run}-{name}-{n}", "event_type": "CLAIM_REJECTED",
+                    "recipients": [{"user_id": f"user-{i}", "email": f"u{i}@example.com"} for i in range(RECIPIENTS)],
+                    "data": {"provider_name": "Dr. Smith", "claim_id": "abc123"},
+                })
+            expected = 1 + events * (RECIPIENTS - (RECIPIENTS // 10 if VARIANTS[name] is MUTES else 0))
+            while True:
+                await cur.execute("SELECT count(*) FROM notifications")
+                if (await cur.fetchone())[0] >= expected:
+                    break
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - t0
+            worker_s = cpu_seconds(worker.pid) - worker0
+            pg_s = sum(cpu_seconds(pid) - pg0.get(pid, 0.0) for pid in cluster_pids(data_dir))
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    await redis.aclose()
+    recipients = events * RECIPIENTS
+    return {"worker_us": worker_s / recipients * 1e6, "postgres_us": pg_s / recipients * 1e6,
+            "wall_ms_per_event": elapsed / events * 1000}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", required=True, help="a tree of the code before preferences")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--events", type=int, default=4, help="10,000-recipient events per variant and run")
+    parser.add_argument("--out", default=None, help="write the raw figures here (JSON)")
+    args = parser.parse_args()
+    baseline = Path(args.baseline).resolve()
+    if not (baseline / "notify_server").is_dir():
+        raise SystemExit(f"{baseline} holds no notify_server/ (git archive <commit> | tar -x -C {baseline})")
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / "bench-preferences-worker.log"
+    figures: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    with private_stores() as (database_url, redis_url, _redis_pid, data_dir):
+        redis = Redis.from_url(redis_url)
+        await Presence(redis, ttl_s=3600).add(NODE, [f"user-{i}" for i in range(0, RECIPIENTS, RECIPIENTS // ONLINE)])
+        await redis.aclose()
+        for run in range(args.runs):
+            order = list(VARIANTS) if run % 2 == 0 else list(reversed(VARIANTS))  # both orders: no variant always first
+            for name in order:
+                tree = baseline if name == "before" else REPO
+                result = await one_variant(name, tree, database_url, redis_url, data_dir, args.events, run, log)
+                figures[name].append(result)
+                print(f"run {run + 1} {name:>11}: worker {result['worker_us']:6.1f} µs/recipient, "
+                      f"postgres {result['postgres_us']:6.1f} µs/recipient, {result['wall_ms_per_event']:5.0f} ms/event",
+                      flush=True)
+    print(f"\nmedians of {args.runs} runs, {args.events} events of {RECIPIENTS:,} recipients each ({ONLINE:,} online):")
+    before = median([f["worker_us"] for f in figures["before"]])
+    for name, results in figures.items():
+        worker = median([f["worker_us"] for f in results])
+        runs = ", ".join(f"{f['worker_us']:.1f}" for f in results)
+        print(f"  {name:>11}: worker {worker:6.1f} µs/recipient ({(worker / before - 1) * 100:+5.1f} % against before;"
+              f" runs {runs}), postgres {median([f['postgres_us'] for f in results]):6.1f} µs/recipient,"
+              f" {median([f['wall_ms_per_event'] for f in results]):5.0f} ms/event")
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
