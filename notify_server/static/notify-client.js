@@ -53,6 +53,11 @@
  *   unreadCount()                              -> number                 GET  /api/notifications/unread-count
  *   markRead(id)                               -> the item               POST /api/notifications/{id}/read
  *   markAllRead()                              -> {updated}              POST /api/notifications/read-all
+ *   getPreferences()                           -> preferences            GET  /api/preferences
+ *   setPreferences(patch)                      -> preferences            PATCH /api/preferences
+ *     preferences: {channels: {in_app: bool}, categories: {name: {in_app: bool}}, event_types: {TYPE: {in_app:
+ *     bool}}, catalog: {TYPE: {category, critical, digest_window_s}}}, each value the effective one (event type >
+ *     category > channel > on; critical types always on). patch: the same shape, partially; null clears a switch.
  * REST failures reject with a NotifyApiError (status, code, message from {"error": {code, message}}).
  *
  * Reconnection, by close code:
@@ -299,19 +304,31 @@ export class NotifyClient {
     return this._request("POST", "/api/notifications/read-all");
   }
 
-  async _request(method, path, retried = false) {
+  // ---- issue 19: preferences
+  async getPreferences() {
+    return this._request("GET", "/api/preferences");
+  }
+
+  async setPreferences(patch) {
+    return this._request("PATCH", "/api/preferences", false, patch);
+  }
+  // ---- end issue 19
+
+  async _request(method, path, retried = false, payload = undefined) {
     const headers = { Accept: "application/json" };
     const token = await this._currentToken();
     if (token) headers.Authorization = `Bearer ${token}`;
+    if (payload !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(this.options.apiBase + path, {
       method,
       headers,
+      body: payload === undefined ? undefined : JSON.stringify(payload),
       credentials: this.options.apiBase ? "include" : "same-origin",
       cache: "no-store",
     });
     if (response.status === 401 && this.options.getToken && !retried) {
       this._credential = null; // ran out meanwhile: ask for a fresh one, once
-      return this._request(method, path, true);
+      return this._request(method, path, true, payload);
     }
     let body = null;
     try {

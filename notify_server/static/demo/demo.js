@@ -13,6 +13,7 @@ const state = {
   nextBefore: null,
   unreadOnly: false,
   templates: {},
+  preferences: null, // the last GET/PATCH /api/preferences answer
 };
 
 // ---------------------------------------------------------------- helpers
@@ -220,6 +221,7 @@ function signedIn(user) {
   if (!$("emit-to").value) $("emit-to").value = user;
   startClient();
   loadTemplates();
+  loadPreferences();
 }
 
 function signedOut(message) {
@@ -324,6 +326,77 @@ async function emit(event) {
   }
 }
 
+// ---------------------------------------------------------------- preferences (issue 19)
+
+function prefToggle(key, label, checked, { disabled = false } = {}) {
+  const wrap = el("label", "toggle");
+  const input = el("input");
+  input.type = "checkbox";
+  input.checked = checked;
+  input.disabled = disabled;
+  input.dataset.pref = key;
+  wrap.append(input, el("span", null, label));
+  return wrap;
+}
+
+function renderPreferences(prefs) {
+  state.preferences = prefs;
+  $("pref-in-app").checked = !!prefs.channels.in_app;
+  const byCategory = new Map();
+  for (const [type, info] of Object.entries(prefs.catalog)) {
+    if (!byCategory.has(info.category)) byCategory.set(info.category, []);
+    byCategory.get(info.category).push([type, info]);
+  }
+  $("pref-categories").replaceChildren(...[...byCategory.keys()].sort().map((category) => {
+    const box = el("div", "pref-category");
+    box.dataset.category = category;
+    box.append(prefToggle(`category:${category}`, category, !!prefs.categories[category].in_app));
+    const list = el("ul", "pref-types");
+    for (const [type, info] of byCategory.get(category)) {
+      const li = el("li");
+      li.dataset.type = type;
+      li.append(prefToggle(`type:${type}`, type, !!prefs.event_types[type].in_app, { disabled: info.critical }));
+      if (info.critical) li.append(el("span", "locked", "critical"));
+      if (info.digest_window_s > 0) li.append(el("span", "note", `bursts folded, ${Math.round(info.digest_window_s / 60)} min`));
+      list.append(li);
+    }
+    box.append(list);
+    return box;
+  }));
+}
+
+async function loadPreferences() {
+  try {
+    renderPreferences(await state.client.getPreferences());
+    $("pref-error").hidden = true;
+  } catch (error) {
+    showPreferenceError(`Could not load preferences: ${error.message}`);
+  }
+}
+
+function showPreferenceError(message) {
+  const box = $("pref-error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+async function changePreference(event) {
+  const input = event.target;
+  if (!input.dataset || !input.dataset.pref) return;
+  const [kind, name] = input.dataset.pref.split(/:(.*)/s);
+  const switches = { in_app: input.checked };
+  const patch = kind === "channel" ? { channels: switches }
+    : kind === "category" ? { categories: { [name]: switches } }
+      : { event_types: { [name]: switches } };
+  try {
+    renderPreferences(await state.client.setPreferences(patch));
+    $("pref-error").hidden = true;
+  } catch (error) {
+    if (state.preferences) renderPreferences(state.preferences); // back to what the server holds
+    showPreferenceError(error.message);
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 
 async function main() {
@@ -331,6 +404,7 @@ async function main() {
   $("sign-out").addEventListener("click", signOut);
   $("emit-form").addEventListener("submit", emit);
   $("emit-type").addEventListener("change", showTemplate);
+  $("preferences").addEventListener("change", changePreference);
   $("mark-all").addEventListener("click", () => {
     state.client.markAllRead().then(() => {
       for (const item of state.items.values()) if (!item.read_at) item.read_at = new Date().toISOString();
