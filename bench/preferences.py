@@ -1,11 +1,15 @@
 """What preferences cost the worker (issue 19): CPU per recipient of 10,000-recipient events, with and
 without recipients holding preferences, against the code before preferences existed.
 
-Private Postgres and Redis (bench.budget's; its load-benchmark imports need the `bench` extra), 2,000 of the 10,000 users present on a node (their frames
-are built and written to its push stream, as in production). Each run starts one `notify-server worker`
-per variant, in turn, and sends it E events of 10,000 recipients; the worker's CPU (utime + stime from
-/proc) from the first enqueue to the last row committed, divided by the rows' recipients, is that
-variant's figure for the run; the Postgres cluster's CPU likewise. Medians over the runs. Variants:
+Private Postgres and Redis (bench.budget's; its imports need the `bench` extra), 2,000 of the 10,000
+users present on a node (their frames are built and written to its push stream, as in production).
+
+First, in this process, the preferences step's own CPU (time.process_time) against the whole pipeline's
+for the same event (`phases`): the added cost measured directly. Then the processes: each run starts
+one `notify-server worker` per variant, in turn, and sends it E events of 10,000 recipients; the
+worker's CPU (utime + stime from /proc) from the first enqueue to the last row committed, divided by the
+recipients, is that variant's figure for the run; the Postgres cluster's CPU likewise. Medians over the
+runs. Variants:
 
 - `before`: the code of `--baseline DIR` (a tree of the commit before this work: `git archive aae390e |
   tar -x -C DIR`), no preferences read at all;
@@ -113,41 +117,94 @@ async def one_variant(
             "wall_ms_per_event": elapsed / events * 1000}
 
 
+async def phases(database_url: str, redis_url: str, events: int) -> dict[str, dict[str, float]]:
+    """In this process, CPU time (time.process_time) of the whole pipeline for one 10,000-recipient event
+    (process_events: parse, preferences, store, presence, frames, XADD) and of its preferences step alone
+    (select_audience), per variant: the added cost measured directly, not as a difference of two noisy
+    totals. Medians over `events` events."""
+    from notify_server.core.settings import load_settings
+    from notify_server.ingest.events import parse_event
+    from workers.audience import select_audience
+    from workers.context import WorkerContext
+    from workers.pipeline import Attempt, process_events
+
+    settings = load_settings(environ={}).replace(database={"url": database_url}, redis={"url": redis_url})
+    context = WorkerContext.build(settings)
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for name in ("none", "10%"):
+            async with aiopg.connect(database_url) as conn, conn.cursor() as cur:
+                await cur.execute("TRUNCATE notifications; DELETE FROM unread_counters")
+                await set_preferences(cur, VARIANTS[name])
+                await cur.execute("ANALYZE")
+            whole: list[float] = []
+            step: list[float] = []
+            for n in range(events + 1):  # the first one warms up
+                event = {"event_id": f"phase-{name}-{n}", "event_type": "CLAIM_REJECTED",
+                         "recipients": [{"user_id": f"user-{i}", "email": f"u{i}@example.com"}
+                                        for i in range(RECIPIENTS)],
+                         "data": {"provider_name": "Dr. Smith", "claim_id": "abc123"}}
+                new = parse_event(event, settings.templates)
+                started = time.process_time()
+                await select_audience(context, [(0, new)], [event])
+                audience_s = time.process_time() - started
+                started = time.process_time()
+                await process_events(context, [Attempt(event)])
+                whole_s = time.process_time() - started
+                if n:
+                    step.append(audience_s / RECIPIENTS * 1e6)
+                    whole.append(whole_s / RECIPIENTS * 1e6)
+            out[name] = {"pipeline_us": median(whole), "preferences_us": median(step)}
+    finally:
+        await context.close()
+    return out
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", required=True, help="a tree of the code before preferences")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--events", type=int, default=4, help="10,000-recipient events per variant and run")
+    parser.add_argument("--phase-events", type=int, default=9, help="events measured in process, per variant")
     parser.add_argument("--out", default=None, help="write the raw figures here (JSON)")
     args = parser.parse_args()
     baseline = Path(args.baseline).resolve()
     if not (baseline / "notify_server").is_dir():
         raise SystemExit(f"{baseline} holds no notify_server/ (git archive <commit> | tar -x -C {baseline})")
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "bench-preferences-worker.log"
+    in_process: dict[str, dict[str, float]] = {}
     figures: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     with private_stores() as (database_url, redis_url, _redis_pid, data_dir):
         redis = Redis.from_url(redis_url)
         await Presence(redis, ttl_s=3600).add(NODE, [f"user-{i}" for i in range(0, RECIPIENTS, RECIPIENTS // ONLINE)])
         await redis.aclose()
+        in_process = await phases(database_url, redis_url, args.phase_events)
         for run in range(args.runs):
             order = list(VARIANTS) if run % 2 == 0 else list(reversed(VARIANTS))  # both orders: no variant always first
             for name in order:
                 tree = baseline if name == "before" else REPO
                 result = await one_variant(name, tree, database_url, redis_url, data_dir, args.events, run, log)
                 figures[name].append(result)
-                print(f"run {run + 1} {name:>11}: worker {result['worker_us']:6.1f} µs/recipient, "
-                      f"postgres {result['postgres_us']:6.1f} µs/recipient, {result['wall_ms_per_event']:5.0f} ms/event",
+                print(f"run {run + 1} {name:>11}: worker {result['worker_us']:6.1f} µs/recipient, postgres"
+                      f" {result['postgres_us']:6.1f} µs/recipient, {result['wall_ms_per_event']:5.0f} ms/event",
                       flush=True)
-    print(f"\nmedians of {args.runs} runs, {args.events} events of {RECIPIENTS:,} recipients each ({ONLINE:,} online):")
-    before = median([f["worker_us"] for f in figures["before"]])
-    for name, results in figures.items():
-        worker = median([f["worker_us"] for f in results])
-        runs = ", ".join(f"{f['worker_us']:.1f}" for f in results)
-        print(f"  {name:>11}: worker {worker:6.1f} µs/recipient ({(worker / before - 1) * 100:+5.1f} % against before;"
-              f" runs {runs}), postgres {median([f['postgres_us'] for f in results]):6.1f} µs/recipient,"
-              f" {median([f['wall_ms_per_event'] for f in results]):5.0f} ms/event")
+    print(f"\nin process, CPU of one {RECIPIENTS:,}-recipient event, median of {args.phase_events}:")
+    for name, phase in in_process.items():
+        share = phase["preferences_us"] / phase["pipeline_us"] * 100
+        print(f"  {name:>11}: pipeline {phase['pipeline_us']:5.2f} µs/recipient, of which preferences"
+              f" {phase['preferences_us']:5.3f} µs/recipient ({share:.1f} %)")
+    if args.runs:
+        print(f"\n`notify-server worker` processes, medians of {args.runs} runs, {args.events} events of"
+              f" {RECIPIENTS:,} recipients each ({ONLINE:,} online):")
+        before = median([f["worker_us"] for f in figures["before"]])
+        for name, results in figures.items():
+            worker = median([f["worker_us"] for f in results])
+            runs = ", ".join(f"{f['worker_us']:.1f}" for f in results)
+            print(f"  {name:>11}: worker {worker:6.1f} µs/recipient ({(worker / before - 1) * 100:+5.1f} % against"
+                  f" before; runs {runs}), postgres {median([f['postgres_us'] for f in results]):6.1f} µs/recipient,"
+                  f" {median([f['wall_ms_per_event'] for f in results]):5.0f} ms/event")
     if args.out:
-        Path(args.out).write_text(json.dumps(figures, indent=1))
+        Path(args.out).write_text(json.dumps({"processes": figures, "in_process": in_process}, indent=1))
 
 
 if __name__ == "__main__":

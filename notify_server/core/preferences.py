@@ -42,7 +42,7 @@ class UserPreferences:
     __slots__ = ("_document",)
 
     def __init__(self, document: Any = None) -> None:
-        self._document: Mapping[str, Any] = document if isinstance(document, Mapping) else {}
+        self._document: dict[str, Any] = document if type(document) is dict else {}  # as JSON decodes it
 
     @classmethod
     def of(cls, channels: Switches | None = None, categories: Mapping[str, Switches] | None = None,
@@ -150,24 +150,22 @@ def muted_users(
     found: Mapping[str, UserPreferences], channel: str, template: Template, user_ids: Iterable[str]
 ) -> set[str]:
     """Of `user_ids`, those whose preferences (`found`: only users who have any) keep `template`'s events
-    off `channel`. Users without preferences cost one dict look-up each."""
+    off `channel`. The users holding preferences are resolved, not every recipient; the recipients cost
+    one set look-up each, and only when someone is muted."""
     if template.critical or not found:
         return set()
-    muted = set()
-    for user_id in user_ids:
-        preferences = found.get(user_id)
-        if preferences is not None and not preferences.allows(channel, template):
-            muted.add(user_id)
-    return muted
+    muted = {user_id for user_id, preferences in found.items() if not preferences.allows(channel, template)}
+    return muted.intersection(user_ids) if muted else muted
 
 
-def _switch(document: Mapping[str, Any], section: str, key: str | None, channel: str) -> bool | None:
-    """document[section][key][channel] (document[section][channel] without a key) when it is a boolean."""
+def _switch(document: dict[str, Any], section: str, key: str | None, channel: str) -> bool | None:
+    """document[section][key][channel] (document[section][channel] without a key) when it is a boolean.
+    Exact type checks: read for every recipient holding preferences, and JSON decodes to dicts."""
     value = document.get(section)
     if key is not None:
-        value = value.get(key) if isinstance(value, Mapping) else None
-    value = value.get(channel) if isinstance(value, Mapping) else None
-    return value if isinstance(value, bool) else None
+        value = value.get(key) if type(value) is dict else None
+    value = value.get(channel) if type(value) is dict else None
+    return value if type(value) is bool else None
 
 
 def _switches(value: Any) -> dict[str, bool]:
