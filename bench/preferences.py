@@ -49,6 +49,7 @@ ONLINE = 2_000
 NODE = "bench-node"
 KEEPS_ON = {"event_types": {"APPOINTMENT_REMINDER": {"in_app": False}}}  # holds a preference; claims still on
 MUTES = {"categories": {"claims": {"in_app": False}}}
+SMALL_EVENTS = 2000
 VARIANTS = {"before": None, "none": None, "10%": KEEPS_ON, "10% muting": MUTES}
 
 
@@ -132,6 +133,31 @@ async def phases(database_url: str, redis_url: str, events: int) -> dict[str, di
     context = WorkerContext.build(settings)
     out: dict[str, dict[str, float]] = {}
     try:
+        # The 500 events/s path: a batch of one single-recipient event, nobody holding preferences. What the
+        # preferences query adds to each batch, in CPU and in wall time (its round trip).
+        async with aiopg.connect(database_url) as conn, conn.cursor() as cur:
+            await set_preferences(cur, None)
+        batch_cpu: list[float] = []
+        prefs_cpu: list[float] = []
+        prefs_wall: list[float] = []
+        for n in range(SMALL_EVENTS + 50):  # the first 50 warm up
+            event = {"event_id": f"small-{n}", "event_type": "CLAIM_REJECTED",
+                     "recipients": [{"user_id": f"user-{n % RECIPIENTS}"}],
+                     "data": {"provider_name": "Dr. Smith", "claim_id": "abc123"}}
+            new = parse_event(event, settings.templates)
+            started, started_wall = time.process_time(), time.perf_counter()
+            await select_audience(context, [(0, new)], [event])
+            audience_s, audience_wall_s = time.process_time() - started, time.perf_counter() - started_wall
+            started = time.process_time()
+            await process_events(context, [Attempt(event)])
+            if n >= 50:
+                batch_cpu.append((time.process_time() - started) * 1e6)
+                prefs_cpu.append(audience_s * 1e6)
+                prefs_wall.append(audience_wall_s * 1e6)
+        # process_time may tick coarsely: means over many events, not per-event medians
+        out["batch of one event"] = {"pipeline_us": sum(batch_cpu) / len(batch_cpu),
+                                     "preferences_us": sum(prefs_cpu) / len(prefs_cpu),
+                                     "preferences_wall_us": median(prefs_wall)}
         for name in ("none", "10%"):
             async with aiopg.connect(database_url) as conn, conn.cursor() as cur:
                 await cur.execute("TRUNCATE notifications; DELETE FROM unread_counters")
@@ -188,11 +214,17 @@ async def main() -> None:
                 print(f"run {run + 1} {name:>11}: worker {result['worker_us']:6.1f} µs/recipient, postgres"
                       f" {result['postgres_us']:6.1f} µs/recipient, {result['wall_ms_per_event']:5.0f} ms/event",
                       flush=True)
-    print(f"\nin process, CPU of one {RECIPIENTS:,}-recipient event, median of {args.phase_events}:")
+    small = in_process.pop("batch of one event")
+    print(f"\nin process, a batch of one single-recipient event, nobody holding preferences, mean of {SMALL_EVENTS}:"
+          f" pipeline {small['pipeline_us']:.0f} µs CPU, of which preferences {small['preferences_us']:.0f} µs"
+          f" ({small['preferences_us'] / small['pipeline_us'] * 100:.1f} %); the preferences query's round trip"
+          f" {small['preferences_wall_us']:.0f} µs (median)")
+    print(f"in process, CPU of one {RECIPIENTS:,}-recipient event, median of {args.phase_events}:")
     for name, phase in in_process.items():
         share = phase["preferences_us"] / phase["pipeline_us"] * 100
         print(f"  {name:>11}: pipeline {phase['pipeline_us']:5.2f} µs/recipient, of which preferences"
               f" {phase['preferences_us']:5.3f} µs/recipient ({share:.1f} %)")
+    in_process["batch of one event"] = small
     if args.runs:
         print(f"\n`notify-server worker` processes, medians of {args.runs} runs, {args.events} events of"
               f" {RECIPIENTS:,} recipients each ({ONLINE:,} online):")

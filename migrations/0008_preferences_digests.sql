@@ -10,6 +10,21 @@ CREATE TABLE notification_preferences (
   updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- The worker's check that none of a small batch's recipients holds preferences, sent ahead of the store in
+-- the store's own round trip (so in its implicit transaction): it raises NP001 when one does, which stops
+-- the store before it starts; the worker then reads their preferences and stores what they allow.
+CREATE FUNCTION notify_require_no_preferences(p_user_ids text) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF EXISTS (SELECT 1 FROM notification_preferences
+                WHERE user_id IN (SELECT jsonb_array_elements_text(p_user_ids::jsonb))) THEN
+        RAISE EXCEPTION 'a recipient holds preferences' USING ERRCODE = 'NP001';
+    END IF;
+END
+$fn$;
+-- Planned per call (like the store function, 0006): a plan cached while the table was empty would scan it
+-- whole for every batch once it holds millions of users.
+ALTER FUNCTION notify_require_no_preferences(text) SET plan_cache_mode = force_custom_plan;
+
 -- digest_windows: per (user, digest type), the window opened by the last event delivered at once:
 -- events of that type for that user arriving before due_at are held. The row is also the lock that
 -- orders everything about the pair: a batch deciding "now or held" and a flush ending the window both

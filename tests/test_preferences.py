@@ -337,3 +337,36 @@ async def test_a_batch_of_critical_events_reads_no_preferences(
                                     payment_failed("p-2", "bob"))
 
     assert [r["stored"] for r in results] == [1, 1]
+
+
+async def test_the_stores_check_stops_the_store_when_a_recipient_holds_preferences(
+    db: Any, settings: Settings, repository: NotificationRepository,
+) -> None:
+    """The small batch's path: the check rides in the store's round trip; when it fails nothing is stored."""
+    from notify_server.ingest.events import parse_event
+    from notify_server.storage.notifications import PreconditionFailed
+
+    store = PreferenceStore(db, settings.templates)
+    await store.update("alice", {"event_types": {"COMMENT_ADDED": {"in_app": True}}})  # holds one, mutes nothing
+    new = parse_event(comment("c-1", "alice", "bob"), settings.templates)
+
+    with pytest.raises(PreconditionFailed):
+        await repository.store_events([new], precondition=store.none_held(["alice", "bob"]))
+    assert await repository.count_unread("bob") == 0
+    (stored,) = await repository.store_events([new], precondition=store.none_held(["bob", "carol"]))
+    assert sorted(n.recipient_id for n in stored.notifications) == ["alice", "bob"]
+
+
+async def test_a_larger_batch_reads_preferences_first_and_mutes_the_same(
+    settings: Settings, redis_client: Redis, db: Any, db_pool: Any,
+) -> None:
+    """Over DEFER_MAX_RECIPIENTS recipients the preferences are read before the store: same outcome."""
+    from workers.audience import DEFER_MAX_RECIPIENTS
+
+    users = [f"user-{n}" for n in range(DEFER_MAX_RECIPIENTS + 5)]
+    await PreferenceStore(db, settings.templates).update(users[3], {"categories": {"comments": {"in_app": False}}})
+
+    (result,) = await process(redis_client, settings, comment("many", *users))
+
+    assert (result["stored"], result["muted"]) == (len(users) - 1, 1)
+    assert await stored_for(db_pool, users[3]) == []

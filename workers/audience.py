@@ -1,9 +1,15 @@
 """Who gets a batch's events now (issue 19): recipients who turned them off are dropped, and recipients
 inside a digest window have them held (notify_server.storage.digests).
 
-Preferences cost one query per batch, for the recipients of its non-critical events, and nothing when
-every event of the batch is critical; the events of digest types cost one more call. Both read Postgres
-for this batch, so a change made a moment ago is applied by every worker (nothing is cached).
+Both read Postgres for this batch, so a change made a moment ago is applied by every worker (nothing is
+cached). What preferences cost a batch:
+- every event critical: nothing;
+- a small batch (the usual one at a few hundred events a second: one or two events for a user or two)
+  without digest types: nothing extra. Its preferences are not read here; the store checks, in its own
+  round trip, that none of its recipients holds any (`PreferenceStore.none_held`), and only when one does
+  is the batch sent back here to read them (`may_defer=False`). A query of its own cost such a batch a
+  sixth of the worker's CPU (bench/preferences.py);
+- otherwise one query, for the recipients of its non-critical events; digest types one more call.
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ from notify_server.storage.digests import DigestCandidate
 from notify_server.storage.notifications import NewNotifications
 from workers.context import WorkerContext
 
+# At most this many recipients (of non-critical events) in a batch for its preferences to be checked by the
+# store: the more recipients, the likelier one of them holds preferences and the store is sent back.
+DEFER_MAX_RECIPIENTS = 10
+
 
 @dataclasses.dataclass(slots=True)
 class Audience:
@@ -25,15 +35,24 @@ class Audience:
     now: list[tuple[int, NewNotifications]]  # events with the recipients to store now (none left: absent)
     muted: dict[int, int]  # recipients who turned the event's type off
     held: dict[int, int]  # recipients whose event waits in a digest window (digest types only)
+    unchecked: list[str] = dataclasses.field(default_factory=list)  # preferences left to the store's check
 
 
 async def select_audience(
-    context: WorkerContext, accepted: Sequence[tuple[int, NewNotifications]], raw_events: Sequence[Any]
+    context: WorkerContext, accepted: Sequence[tuple[int, NewNotifications]], raw_events: Sequence[Any], *,
+    may_defer: bool = False,
 ) -> Audience:
-    """`raw_events[index]` is the event as sent (parsed already): a held event keeps its digest values."""
+    """`raw_events[index]` is the event as sent (parsed already): a held event keeps its digest values.
+    may_defer: a small batch without digest types may leave its preferences to the store's check."""
     templates = context.settings.templates
     audience = Audience([], {}, {})
     user_ids = [r.user_id for _, new in accepted if not templates[new.event_type].critical for r in new.recipients]
+    if (may_defer and 0 < len(user_ids) <= DEFER_MAX_RECIPIENTS
+            and not any(templates[new.event_type].digests for _, new in accepted)):
+        audience.now = list(accepted)
+        audience.muted = dict.fromkeys((index for index, _ in accepted), 0)
+        audience.unchecked = user_ids
+        return audience
     found = await context.preferences.load(user_ids) if user_ids else {}
     candidates: list[DigestCandidate] = []
     waiting: list[tuple[int, NewNotifications]] = []

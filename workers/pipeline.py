@@ -29,10 +29,17 @@ from typing import Any
 
 from notify_server.core.stores import Fault, classify, describe
 from notify_server.ingest.events import EventRejected, event_id_for_log, parse_event
-from notify_server.storage.notifications import NewNotifications, Notification, StoredEvent, UnreadState
+from notify_server.storage.notifications import (
+    NewNotifications,
+    Notification,
+    Precondition,
+    PreconditionFailed,
+    StoredEvent,
+    UnreadState,
+)
 from notify_server.transport.frames import notification_frames
 from notify_server.transport.push import PushItem
-from workers.audience import select_audience
+from workers.audience import Audience, select_audience
 from workers.context import WorkerContext
 
 logger = logging.getLogger("notify.worker")
@@ -115,29 +122,13 @@ async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) ->
 
     stored_rows = dict.fromkeys((index for index, _ in accepted), 0)
     retried = {new.event_id for index, new in accepted if attempts[index].job_try > 1}
-    try:  # preferences and digest windows: who gets each event now
-        audience = await select_audience(context, accepted, [attempt.event for attempt in attempts])
-    except Exception as exc:
-        _raise_if_unavailable(exc)
-        raise
-    for chunk in _chunks(await _online_first(context, audience.now)):
-        outcomes = await _store(context, [new for _, new in chunk])
-        stored_now: list[StoredEvent] = []
-        for (index, new), outcome in zip(chunk, outcomes, strict=True):
-            if isinstance(outcome, EventResult):
-                results[index] = outcome
-                retried.discard(new.event_id)
-                continue
-            stored_now.append(outcome)
-            stored_rows[index] += len(outcome.notifications)
-            metrics.notifications_stored.inc(len(outcome.notifications))
-        try:  # right after each commit, so a large event's online recipients are not kept waiting
-            earlier = await _stored_earlier(context, [n.event_id for _, n in chunk if n.event_id in retried],
-                                            stored_now)
-            metrics.push_jobs.inc(await push_stored(context, stored_now, earlier))
-        except Exception as exc:  # the rows are committed: a retry of the batch pushes them again
-            _raise_if_unavailable(exc)
-            raise
+    raw_events = [attempt.event for attempt in attempts]
+    audience = await _select_audience(context, accepted, raw_events, may_defer=True)
+    try:
+        await _store_and_push(context, audience, results, stored_rows, retried)
+    except PreconditionFailed:  # a recipient of this small batch holds preferences: read them, then store
+        audience = await _select_audience(context, accepted, raw_events, may_defer=False)
+        await _store_and_push(context, audience, results, stored_rows, retried)
     for index, new in accepted:
         if results[index] is None:
             counts: dict[str, Any] = {"status": "stored", "recipients": len(new.recipients),
@@ -160,6 +151,47 @@ async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) ->
             )
     metrics.job_duration.observe(duration_ms / 1000)
     return [r if r is not None else _retry("not processed") for r in results]
+
+
+async def _select_audience(
+    context: WorkerContext, accepted: list[tuple[int, NewNotifications]], raw_events: list[Any], *, may_defer: bool
+) -> Audience:
+    """Preferences and digest windows: who gets each event now (workers/audience.py)."""
+    try:
+        return await select_audience(context, accepted, raw_events, may_defer=may_defer)
+    except Exception as exc:
+        _raise_if_unavailable(exc)
+        raise
+
+
+async def _store_and_push(
+    context: WorkerContext, audience: Audience, results: list[EventResult | None], stored_rows: dict[int, int],
+    retried: set[str],
+) -> None:
+    """Store the audience's events, a transaction at a time, each pushed right after its commit. When the
+    audience left preferences unchecked, the first store carries the check (`none_held`) in its own round
+    trip and raises PreconditionFailed, having stored and pushed nothing, if a recipient holds any."""
+    metrics = context.metrics
+    precondition = context.preferences.none_held(audience.unchecked) if audience.unchecked else None
+    for chunk in _chunks(await _online_first(context, audience.now)):
+        outcomes = await _store(context, [new for _, new in chunk], precondition)
+        precondition = None  # checked: it held for the whole batch
+        stored_now: list[StoredEvent] = []
+        for (index, new), outcome in zip(chunk, outcomes, strict=True):
+            if isinstance(outcome, EventResult):
+                results[index] = outcome
+                retried.discard(new.event_id)
+                continue
+            stored_now.append(outcome)
+            stored_rows[index] += len(outcome.notifications)
+            metrics.notifications_stored.inc(len(outcome.notifications))
+        try:  # right after each commit, so a large event's online recipients are not kept waiting
+            earlier = await _stored_earlier(context, [n.event_id for _, n in chunk if n.event_id in retried],
+                                            stored_now)
+            metrics.push_jobs.inc(await push_stored(context, stored_now, earlier))
+        except Exception as exc:  # the rows are committed: a retry of the batch pushes them again
+            _raise_if_unavailable(exc)
+            raise
 
 
 async def _online_first(
@@ -202,11 +234,15 @@ def _chunks(units: list[tuple[int, NewNotifications, bool]]) -> list[list[tuple[
     return chunks
 
 
-async def _store(context: WorkerContext, events: list[NewNotifications]) -> list[StoredEvent | EventResult]:
+async def _store(
+    context: WorkerContext, events: list[NewNotifications], precondition: Precondition | None = None
+) -> list[StoredEvent | EventResult]:
     """All in one transaction; when Postgres refuses it for a reason that is not a store outage, event by
     event, so that one bad event does not take its batch down with it."""
     try:
-        return list(await context.notifications.store_events(events))
+        return list(await context.notifications.store_events(events, precondition=precondition))
+    except PreconditionFailed:
+        raise
     except Exception as exc:
         fault = _raise_if_unavailable(exc)
         if len(events) == 1:
@@ -220,7 +256,7 @@ async def _store(context: WorkerContext, events: list[NewNotifications]) -> list
             return [_retry(f"internal error: {describe(exc)}")]
     results: list[StoredEvent | EventResult] = []
     for new in events:
-        results.extend(await _store(context, [new]))
+        results.extend(await _store(context, [new], precondition))
     return results
 
 
