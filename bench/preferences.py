@@ -118,6 +118,52 @@ async def one_variant(
             "wall_ms_per_event": elapsed / events * 1000}
 
 
+# A probe run in a fresh process from a given tree (the code before this work has no bench/preferences.py):
+# N batches of one single-recipient event through process_events, CPU (process_time) and wall per batch.
+SMALL_PROBE = """
+import asyncio, json, sys, time
+from notify_server.core.settings import load_settings
+from workers.context import WorkerContext
+from workers.pipeline import Attempt, process_events
+database_url, redis_url, mode, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+if mode == "query":
+    import workers.audience
+    workers.audience.DEFER_MAX_RECIPIENTS = 0  # the preferences read by a query of its own, as before the check
+async def main():
+    settings = load_settings(environ={}).replace(database={"url": database_url}, redis={"url": redis_url})
+    context = WorkerContext.build(settings)
+    cpu = wall = 0.0
+    for n in range(count + 100):  # the first 100 warm up
+        event = {"event_id": f"small-{mode}-{time.time_ns()}-{n}", "event_type": "CLAIM_REJECTED",
+                 "recipients": [{"user_id": f"user-{n % 10000}"}], "data": {"provider_name": "D", "claim_id": "c"}}
+        c0, w0 = time.process_time(), time.perf_counter()
+        await process_events(context, [Attempt(event)])
+        if n >= 100:
+            cpu += time.process_time() - c0
+            wall += time.perf_counter() - w0
+    await context.close()
+    print(json.dumps({"cpu_us": cpu / count * 1e6, "wall_us": wall / count * 1e6}))
+asyncio.run(main())
+"""
+SMALL_MODES = {"before": "before (no preferences)", "check": "now: the check in the store's round trip",
+               "query": "a query of its own per batch"}
+
+
+def small_batches(baseline: Path, database_url: str, redis_url: str, runs: int) -> dict[str, list[dict[str, float]]]:
+    """The modes' probes, interleaved run by run, each a fresh process."""
+    out: dict[str, list[dict[str, float]]] = {mode: [] for mode in SMALL_MODES}
+    for _ in range(runs):
+        for mode in SMALL_MODES:
+            probe = subprocess.run(
+                [sys.executable, "-c", SMALL_PROBE, database_url, redis_url, mode, str(SMALL_EVENTS)],
+                cwd=baseline if mode == "before" else REPO, env=env_for(database_url, redis_url),
+                capture_output=True, text=True, timeout=600)
+            if probe.returncode != 0:
+                raise SystemExit(f"the {mode} probe failed: {probe.stderr[-2000:]}")
+            out[mode].append(json.loads(probe.stdout.strip().splitlines()[-1]))
+    return out
+
+
 async def phases(database_url: str, redis_url: str, events: int) -> dict[str, dict[str, float]]:
     """In this process, CPU time (time.process_time) of the whole pipeline for one 10,000-recipient event
     (process_events: parse, preferences, store, presence, frames, XADD) and of its preferences step alone
@@ -133,31 +179,6 @@ async def phases(database_url: str, redis_url: str, events: int) -> dict[str, di
     context = WorkerContext.build(settings)
     out: dict[str, dict[str, float]] = {}
     try:
-        # The 500 events/s path: a batch of one single-recipient event, nobody holding preferences. What the
-        # preferences query adds to each batch, in CPU and in wall time (its round trip).
-        async with aiopg.connect(database_url) as conn, conn.cursor() as cur:
-            await set_preferences(cur, None)
-        batch_cpu: list[float] = []
-        prefs_cpu: list[float] = []
-        prefs_wall: list[float] = []
-        for n in range(SMALL_EVENTS + 50):  # the first 50 warm up
-            event = {"event_id": f"small-{n}", "event_type": "CLAIM_REJECTED",
-                     "recipients": [{"user_id": f"user-{n % RECIPIENTS}"}],
-                     "data": {"provider_name": "Dr. Smith", "claim_id": "abc123"}}
-            new = parse_event(event, settings.templates)
-            started, started_wall = time.process_time(), time.perf_counter()
-            await select_audience(context, [(0, new)], [event])
-            audience_s, audience_wall_s = time.process_time() - started, time.perf_counter() - started_wall
-            started = time.process_time()
-            await process_events(context, [Attempt(event)])
-            if n >= 50:
-                batch_cpu.append((time.process_time() - started) * 1e6)
-                prefs_cpu.append(audience_s * 1e6)
-                prefs_wall.append(audience_wall_s * 1e6)
-        # process_time may tick coarsely: means over many events, not per-event medians
-        out["batch of one event"] = {"pipeline_us": sum(batch_cpu) / len(batch_cpu),
-                                     "preferences_us": sum(prefs_cpu) / len(prefs_cpu),
-                                     "preferences_wall_us": median(prefs_wall)}
         for name in ("none", "10%"):
             async with aiopg.connect(database_url) as conn, conn.cursor() as cur:
                 await cur.execute("TRUNCATE notifications; DELETE FROM unread_counters")
@@ -192,6 +213,7 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--events", type=int, default=4, help="10,000-recipient events per variant and run")
     parser.add_argument("--phase-events", type=int, default=9, help="events measured in process, per variant")
+    parser.add_argument("--small-runs", type=int, default=5, help="probe processes per mode of the small batches")
     parser.add_argument("--out", default=None, help="write the raw figures here (JSON)")
     args = parser.parse_args()
     baseline = Path(args.baseline).resolve()
@@ -204,6 +226,7 @@ async def main() -> None:
         redis = Redis.from_url(redis_url)
         await Presence(redis, ttl_s=3600).add(NODE, [f"user-{i}" for i in range(0, RECIPIENTS, RECIPIENTS // ONLINE)])
         await redis.aclose()
+        small = small_batches(baseline, database_url, redis_url, args.small_runs)
         in_process = await phases(database_url, redis_url, args.phase_events)
         for run in range(args.runs):
             order = list(VARIANTS) if run % 2 == 0 else list(reversed(VARIANTS))  # both orders: no variant always first
@@ -214,17 +237,20 @@ async def main() -> None:
                 print(f"run {run + 1} {name:>11}: worker {result['worker_us']:6.1f} µs/recipient, postgres"
                       f" {result['postgres_us']:6.1f} µs/recipient, {result['wall_ms_per_event']:5.0f} ms/event",
                       flush=True)
-    small = in_process.pop("batch of one event")
-    print(f"\nin process, a batch of one single-recipient event, nobody holding preferences, mean of {SMALL_EVENTS}:"
-          f" pipeline {small['pipeline_us']:.0f} µs CPU, of which preferences {small['preferences_us']:.0f} µs"
-          f" ({small['preferences_us'] / small['pipeline_us'] * 100:.1f} %); the preferences query's round trip"
-          f" {small['preferences_wall_us']:.0f} µs (median)")
+    print(f"\nbatches of one single-recipient event (the 500 events/s path), nobody holding preferences,"
+          f" {SMALL_EVENTS} batches per probe process, medians of {args.small_runs} probes:")
+    base_cpu = median([r["cpu_us"] for r in small["before"]])
+    for mode, results in small.items():
+        cpu = median([r["cpu_us"] for r in results])
+        probes = ", ".join(f"{r['cpu_us']:.0f}" for r in results)
+        wall = median([r["wall_us"] for r in results])
+        print(f"  {SMALL_MODES[mode]:>44}: {cpu:5.0f} µs CPU per batch ({(cpu / base_cpu - 1) * 100:+5.1f} %; probes"
+              f" {probes}), {wall:5.0f} µs wall")
     print(f"in process, CPU of one {RECIPIENTS:,}-recipient event, median of {args.phase_events}:")
     for name, phase in in_process.items():
         share = phase["preferences_us"] / phase["pipeline_us"] * 100
         print(f"  {name:>11}: pipeline {phase['pipeline_us']:5.2f} µs/recipient, of which preferences"
               f" {phase['preferences_us']:5.3f} µs/recipient ({share:.1f} %)")
-    in_process["batch of one event"] = small
     if args.runs:
         print(f"\n`notify-server worker` processes, medians of {args.runs} runs, {args.events} events of"
               f" {RECIPIENTS:,} recipients each ({ONLINE:,} online):")
@@ -236,7 +262,8 @@ async def main() -> None:
                   f" before; runs {runs}), postgres {median([f['postgres_us'] for f in results]):6.1f} µs/recipient,"
                   f" {median([f['wall_ms_per_event'] for f in results]):5.0f} ms/event")
     if args.out:
-        Path(args.out).write_text(json.dumps({"processes": figures, "in_process": in_process}, indent=1))
+        Path(args.out).write_text(json.dumps({"processes": figures, "in_process": in_process, "small": small},
+                                             indent=1))
 
 
 if __name__ == "__main__":
