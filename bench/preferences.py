@@ -49,7 +49,7 @@ ONLINE = 2_000
 NODE = "bench-node"
 KEEPS_ON = {"event_types": {"APPOINTMENT_REMINDER": {"in_app": False}}}  # holds a preference; claims still on
 MUTES = {"categories": {"claims": {"in_app": False}}}
-SMALL_EVENTS = 2000
+SMALL_EVENTS = 1000
 VARIANTS = {"before": None, "none": None, "10%": KEEPS_ON, "10% muting": MUTES}
 
 
@@ -120,47 +120,72 @@ async def one_variant(
 
 # A probe run in a fresh process from a given tree (the code before this work has no bench/preferences.py):
 # N batches of one single-recipient event through process_events, CPU (process_time) and wall per batch.
+# Mode "ab" (this code only) alternates, batch by batch, the check in the store's round trip, a query of its
+# own per batch, and the same event marked critical (nothing checked or read: the work of the code before),
+# so the three see the same machine: what each costs, free of the machine's noise.
 SMALL_PROBE = """
 import asyncio, json, sys, time
 from notify_server.core.settings import load_settings
 from workers.context import WorkerContext
 from workers.pipeline import Attempt, process_events
 database_url, redis_url, mode, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-if mode == "query":
-    import workers.audience
-    workers.audience.DEFER_MAX_RECIPIENTS = 0  # the preferences read by a query of its own, as before the check
 async def main():
     settings = load_settings(environ={}).replace(database={"url": database_url}, redis={"url": redis_url})
     context = WorkerContext.build(settings)
-    cpu = wall = 0.0
+    sums = {"cpu": [0.0, 0.0, 0.0], "wall": [0.0, 0.0, 0.0]}
+    if mode == "ab":
+        import dataclasses
+        import workers.audience
+        # The same template marked critical: nothing to check, nothing read (what the pipeline did before).
+        critical = dataclasses.replace(settings.templates["CLAIM_REJECTED"], event_type="CRITICAL_TWIN", critical=True)
+        context.settings = dataclasses.replace(settings, templates={**settings.templates, "CRITICAL_TWIN": critical})
     for n in range(count + 100):  # the first 100 warm up
-        event = {"event_id": f"small-{mode}-{time.time_ns()}-{n}", "event_type": "CLAIM_REJECTED",
+        side = n % 3 if mode == "ab" else 0
+        if mode == "ab":
+            workers.audience.DEFER_MAX_RECIPIENTS = 10 if side == 0 else 0  # 0: a query of its own
+        event = {"event_id": f"small-{mode}-{time.time_ns()}-{n}",
+                 "event_type": "CRITICAL_TWIN" if mode == "ab" and side == 2 else "CLAIM_REJECTED",
                  "recipients": [{"user_id": f"user-{n % 10000}"}], "data": {"provider_name": "D", "claim_id": "c"}}
         c0, w0 = time.process_time(), time.perf_counter()
         await process_events(context, [Attempt(event)])
         if n >= 100:
-            cpu += time.process_time() - c0
-            wall += time.perf_counter() - w0
+            sums["cpu"][side] += time.process_time() - c0
+            sums["wall"][side] += time.perf_counter() - w0
     await context.close()
-    print(json.dumps({"cpu_us": cpu / count * 1e6, "wall_us": wall / count * 1e6}))
+    per = count / 3 if mode == "ab" else count
+    print(json.dumps({key: [total / per * 1e6 for total in values] for key, values in
+                      (("cpu_us", sums["cpu"]), ("wall_us", sums["wall"]))}))
 asyncio.run(main())
 """
-SMALL_MODES = {"before": "before (no preferences)", "check": "now: the check in the store's round trip",
-               "query": "a query of its own per batch"}
+
+
+SMALL_MODES = {"before": "the code before this work (no preferences)",
+               "check": "this code (the check in the store's round trip)",
+               "ab: none": "this code, alternating: a critical type (nothing read)",
+               "ab: check": "this code, alternating: the check in the store's trip",
+               "ab: query": "this code, alternating: a query of its own"}
 
 
 def small_batches(baseline: Path, database_url: str, redis_url: str, runs: int) -> dict[str, list[dict[str, float]]]:
-    """The modes' probes, interleaved run by run, each a fresh process."""
-    out: dict[str, list[dict[str, float]]] = {mode: [] for mode in SMALL_MODES}
-    for _ in range(runs):
-        for mode in SMALL_MODES:
+    """Probes in fresh processes, interleaved run by run: the code before this work, this code (the check
+    in the store's round trip), and this code alternating the check and a query of its own batch by batch."""
+    out: dict[str, list[dict[str, float]]] = {"before": [], "check": [], "ab: none": [], "ab: check": [],
+                                              "ab: query": []}
+    for run in range(runs):
+        # Both orders: each probe leaves its rows and counter updates to the next (table growth, dead tuples).
+        for mode in ("before", "check", "ab") if run % 2 == 0 else ("ab", "check", "before"):
             probe = subprocess.run(
                 [sys.executable, "-c", SMALL_PROBE, database_url, redis_url, mode, str(SMALL_EVENTS)],
                 cwd=baseline if mode == "before" else REPO, env=env_for(database_url, redis_url),
                 capture_output=True, text=True, timeout=600)
             if probe.returncode != 0:
                 raise SystemExit(f"the {mode} probe failed: {probe.stderr[-2000:]}")
-            out[mode].append(json.loads(probe.stdout.strip().splitlines()[-1]))
+            result = json.loads(probe.stdout.strip().splitlines()[-1])
+            if mode == "ab":
+                for side, name in enumerate(("ab: check", "ab: query", "ab: none")):
+                    out[name].append({"cpu_us": result["cpu_us"][side], "wall_us": result["wall_us"][side]})
+            else:
+                out[mode].append({"cpu_us": result["cpu_us"][0], "wall_us": result["wall_us"][0]})
     return out
 
 
@@ -213,7 +238,7 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--events", type=int, default=4, help="10,000-recipient events per variant and run")
     parser.add_argument("--phase-events", type=int, default=9, help="events measured in process, per variant")
-    parser.add_argument("--small-runs", type=int, default=5, help="probe processes per mode of the small batches")
+    parser.add_argument("--small-runs", type=int, default=9, help="probe processes per mode of the small batches")
     parser.add_argument("--out", default=None, help="write the raw figures here (JSON)")
     args = parser.parse_args()
     baseline = Path(args.baseline).resolve()
@@ -239,13 +264,14 @@ async def main() -> None:
                       flush=True)
     print(f"\nbatches of one single-recipient event (the 500 events/s path), nobody holding preferences,"
           f" {SMALL_EVENTS} batches per probe process, medians of {args.small_runs} probes:")
-    base_cpu = median([r["cpu_us"] for r in small["before"]])
-    for mode, results in small.items():
-        cpu = median([r["cpu_us"] for r in results])
-        probes = ", ".join(f"{r['cpu_us']:.0f}" for r in results)
-        wall = median([r["wall_us"] for r in results])
-        print(f"  {SMALL_MODES[mode]:>44}: {cpu:5.0f} µs CPU per batch ({(cpu / base_cpu - 1) * 100:+5.1f} %; probes"
-              f" {probes}), {wall:5.0f} µs wall")
+    for pair in (("before", "check"), ("ab: none", "ab: check", "ab: query")):
+        base_cpu = median([r["cpu_us"] for r in small[pair[0]]])
+        for mode in pair:
+            cpu = median([r["cpu_us"] for r in small[mode]])
+            probes = ", ".join(f"{r['cpu_us']:.0f}" for r in small[mode])
+            wall = median([r["wall_us"] for r in small[mode]])
+            print(f"  {SMALL_MODES[mode]:>58}: {cpu:5.0f} µs CPU per batch ({(cpu / base_cpu - 1) * 100:+5.1f} %;"
+                  f" probes {probes}), {wall:5.0f} µs wall")
     print(f"in process, CPU of one {RECIPIENTS:,}-recipient event, median of {args.phase_events}:")
     for name, phase in in_process.items():
         share = phase["preferences_us"] / phase["pipeline_us"] * 100
