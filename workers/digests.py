@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 
-from notify_server.core.stores import describe, unavailable
+from notify_server.core.stores import Fault, classify, describe, unavailable
 from notify_server.core.supervisor import Backoff, LoopHealth, report_failure, stopping
 from notify_server.storage.digests import Delivered
 from workers.context import WorkerContext
@@ -64,7 +64,7 @@ class DigestLoop:
         self.flushes = 0
 
     async def run(self, health: LoopHealth) -> None:
-        # Its own short backoff while Postgres is away (the supervisor's grows to 30 s): windows that ended
+        # Its own short backoff while a store is away (the supervisor's grows to 30 s): windows that ended
         # during an outage are delivered within a second of its end.
         backoff = Backoff(max_s=STORE_RETRY_MAX_S)
         while True:
@@ -76,8 +76,8 @@ class DigestLoop:
                     await self._context.digests.prune()
             except Exception as exc:
                 stopping(exc)
-                if not unavailable(exc):
-                    raise  # a bug: the supervisor logs it and restarts the loop
+                if classify(exc) is not Fault.TRANSIENT:
+                    raise  # a bug or an unmigrated database: the supervisor logs it and restarts the loop
                 delay_s = backoff.next()
                 report_failure(DIGEST_LOOP_NAME, health, exc, delay_s)
                 await asyncio.sleep(delay_s)
