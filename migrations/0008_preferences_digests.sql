@@ -10,15 +10,19 @@ CREATE TABLE notification_preferences (
   updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- The worker's check that none of a small batch's recipients holds preferences, sent ahead of the store in
--- the store's own round trip (so in its implicit transaction): it raises NP001 when one does, which stops
--- the store before it starts; the worker then reads their preferences and stores what they allow.
-CREATE FUNCTION notify_require_no_preferences(p_user_ids text) RETURNS void LANGUAGE plpgsql AS $fn$
+-- The worker's check that none of a small batch's recipients holds preferences, in the store's own statement
+-- (`SELECT * FROM notify_store_events(...) WHERE notify_require_no_preferences(...)`): true when none does,
+-- else it raises NP001, which fails the statement whole — nothing is stored; the worker then reads their
+-- preferences and stores what they allow. STABLE (it reads, never writes) and given only a constant, so
+-- Postgres checks it once before the store runs (a one-time filter); were it checked row by row instead,
+-- a failing check would still undo every row the statement inserted.
+CREATE FUNCTION notify_require_no_preferences(p_user_ids text) RETURNS boolean LANGUAGE plpgsql STABLE AS $fn$
 BEGIN
     IF EXISTS (SELECT 1 FROM notification_preferences
                 WHERE user_id IN (SELECT jsonb_array_elements_text(p_user_ids::jsonb))) THEN
         RAISE EXCEPTION 'a recipient holds preferences' USING ERRCODE = 'NP001';
     END IF;
+    RETURN true;
 END
 $fn$;
 -- Planned per call (like the store function, 0006): a plan cached while the table was empty would scan it

@@ -91,10 +91,14 @@ class Page:
 
 @dataclasses.dataclass(frozen=True)
 class Precondition:
-    """A statement sent ahead of a store in the same round trip, so in the same implicit transaction:
-    when it raises `sqlstate`, nothing is stored and the store raises PreconditionFailed."""
+    """A condition of a store, checked by the store's own statement (`WHERE <sql>`): when it raises
+    `sqlstate`, the statement fails whole, nothing is stored, and the store raises PreconditionFailed.
 
-    sql: str  # %s placeholders only
+    The store function's rows are filtered by it, so whether Postgres checks it once before the store (a
+    constant, STABLE condition: a one-time filter, as it plans it) or on each row the store inserted, a
+    failing check never leaves a row behind."""
+
+    sql: str  # a boolean SQL expression, %s placeholders only
     params: tuple[Any, ...]
     sqlstate: str
 
@@ -133,8 +137,8 @@ class NotificationRepository:
         order, so a catch-up "after seq N" never skips a row committed later with a lower seq).
         Only seq, id and created_at come back per row; the rest is already in memory.
 
-        A `precondition` rides in the same round trip, ahead of the store (the worker checks there that no
-        recipient holds preferences: nothing extra in the common case, storage/preferences.py)."""
+        A `precondition` rides in the same statement (the worker checks there that no recipient holds
+        preferences: nothing extra in the common case, storage/preferences.py)."""
         if not events:
             return []
         async with self._db.connection() as conn, conn.cursor() as cur:
@@ -167,7 +171,7 @@ class NotificationRepository:
             [position[event_id] for event_id, _ in recipients],
         )
         if precondition is not None:
-            sql, params = f"{precondition.sql}; {sql}", (*precondition.params, *params)
+            sql, params = f"{sql} WHERE {precondition.sql}", (*params, *precondition.params)
         try:
             await cur.execute(sql, params)
         except psycopg2.Error as exc:

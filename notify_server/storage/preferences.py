@@ -57,10 +57,10 @@ class PreferenceStore:
 
     @staticmethod
     def none_held(user_ids: Sequence[str]) -> Precondition:
-        """A store's precondition: none of `user_ids` holds any preferences. Sent in the store's own round
-        trip, it costs the common batch nothing more than an index probe per recipient in Postgres; when
-        it fails nothing is stored, and the caller reads their preferences and stores what they allow."""
-        return Precondition("SELECT notify_require_no_preferences(%s)", (orjson.dumps(list(user_ids)).decode(),),
+        """A store's precondition: none of `user_ids` holds any preferences. Checked by the store's own
+        statement, it costs the common batch nothing more than an index probe per recipient in Postgres;
+        when it fails nothing is stored, and the caller reads their preferences and stores what they allow."""
+        return Precondition("notify_require_no_preferences(%s)", (orjson.dumps(list(user_ids)).decode(),),
                             PREFERENCES_HELD)
 
     async def get(self, user_id: str) -> UserPreferences:
