@@ -1,24 +1,27 @@
-"""What preferences cost the worker (issue 19): CPU per recipient of 10,000-recipient events, with and
-without recipients holding preferences, against the code before preferences existed.
+"""What preferences cost the worker (issue 19), against the code before preferences existed.
 
-Private Postgres and Redis (bench.budget's; its imports need the `bench` extra), 2,000 of the 10,000
-users present on a node (their frames are built and written to its push stream, as in production).
+Private Postgres and Redis (bench.budget's; its imports need the `bench` extra). `--baseline DIR` is a
+tree of the commit before this work (`git archive aae390e | tar -x -C DIR`); its processes run from it.
 
-First, in this process, the preferences step's own CPU (time.process_time) against the whole pipeline's
-for the same event (`phases`): the added cost measured directly. Then the processes: each run starts
-one `notify-server worker` per variant, in turn, and sends it E events of 10,000 recipients; the
-worker's CPU (utime + stime from /proc) from the first enqueue to the last row committed, divided by the
-recipients, is that variant's figure for the run; the Postgres cluster's CPU likewise. Medians over the
-runs. Variants:
+1. The 500 events/s path: batches of one single-recipient event, nobody holding preferences, through
+   process_events in probe processes (fresh, interleaved, both orders): the code before, this code (the
+   check in the store's statement), and this code alternating batch by batch a critical type (nothing
+   read), the check, and a query of its own; with `--instructions`, the same probes under callgrind
+   (instructions per batch: what the machine's other load cannot change).
+2. A 10,000-recipient event in this process: the preferences step's own CPU (time.process_time)
+   against the whole pipeline's, with nobody and with 10% of the recipients holding preferences.
+3. `notify-server worker` processes, 2,000 of the 10,000 users present on a node (frames built and
+   written to its push stream): each run starts one worker per variant in turn and sends it E events of
+   10,000 recipients; its CPU (utime + stime from /proc) from the first enqueue to the last row, divided
+   by the recipients; the Postgres cluster's likewise. Medians over the runs. Variants:
 
-- `before`: the code of `--baseline DIR` (a tree of the commit before this work: `git archive aae390e |
-  tar -x -C DIR`), no preferences read at all;
-- `none`: this code, nobody holds preferences (the common path: one query per batch, no row found);
-- `10%`: this code, every 10th recipient holds preferences that leave this type on (the worst case:
-  every row is still stored, and 1,000 users' preferences are read and applied);
+- `before`: the code before this work;
+- `none`: this code, nobody holds preferences;
+- `10%`: every 10th recipient holds preferences that leave this type on (every row still stored, and
+  1,000 users' preferences read and applied: the worst case);
 - `10% muting`: the same users have this type's category off (they get nothing: fewer rows).
 
-    .venv/bin/python -m bench.preferences --baseline /tmp/notify-baseline [--runs 5] [--events 4]
+    .venv/bin/python -m bench.preferences --baseline /tmp/notify-baseline [--runs 7] [--events 4] [--instructions]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -160,6 +164,7 @@ asyncio.run(main())
 
 
 SMALL_MODES = {"before": "the code before this work (no preferences)",
+               "query": "this code, reading preferences with a query of its own",
                "check": "this code (the check in the store's round trip)",
                "ab: none": "this code, alternating: a critical type (nothing read)",
                "ab: check": "this code, alternating: the check in the store's trip",
@@ -186,6 +191,29 @@ def small_batches(baseline: Path, database_url: str, redis_url: str, runs: int) 
                     out[name].append({"cpu_us": result["cpu_us"][side], "wall_us": result["wall_us"][side]})
             else:
                 out[mode].append({"cpu_us": result["cpu_us"][0], "wall_us": result["wall_us"][0]})
+    return out
+
+
+def instructions_per_batch(baseline: Path, database_url: str, redis_url: str) -> dict[str, float]:
+    """The same probe under valgrind's callgrind: the worker's instructions per batch, which the machine's
+    other load does not change (the difference between 50 and 350 batches, so start-up cancels out).
+    Modes: the code before this work, this code (the check in the store's statement), this code reading
+    preferences with a query of its own per batch."""
+    query = SMALL_PROBE.replace("async def main():", "import workers.audience\n"
+                                "workers.audience.DEFER_MAX_RECIPIENTS = 0\nasync def main():", 1)
+    out: dict[str, float] = {}
+    for name, tree, probe in (("before", baseline, SMALL_PROBE), ("check", REPO, SMALL_PROBE), ("query", REPO, query)):
+        counts = []
+        for batches in (50, 350):
+            run = subprocess.run(
+                ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", probe,
+                 database_url, redis_url, name, str(batches)],
+                cwd=tree, env=env_for(database_url, redis_url), capture_output=True, text=True, timeout=1800)
+            found = re.search(r"Collected : (\d+)", run.stderr)
+            if found is None:
+                raise SystemExit(f"callgrind gave no count for {name}: {run.stderr[-2000:]}")
+            counts.append(int(found.group(1)))
+        out[name] = (counts[1] - counts[0]) / 300
     return out
 
 
@@ -239,6 +267,8 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=4, help="10,000-recipient events per variant and run")
     parser.add_argument("--phase-events", type=int, default=9, help="events measured in process, per variant")
     parser.add_argument("--small-runs", type=int, default=9, help="probe processes per mode of the small batches")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count the small batches' instructions under valgrind (a few minutes)")
     parser.add_argument("--out", default=None, help="write the raw figures here (JSON)")
     args = parser.parse_args()
     baseline = Path(args.baseline).resolve()
@@ -252,6 +282,7 @@ async def main() -> None:
         await Presence(redis, ttl_s=3600).add(NODE, [f"user-{i}" for i in range(0, RECIPIENTS, RECIPIENTS // ONLINE)])
         await redis.aclose()
         small = small_batches(baseline, database_url, redis_url, args.small_runs)
+        instructions = instructions_per_batch(baseline, database_url, redis_url) if args.instructions else {}
         in_process = await phases(database_url, redis_url, args.phase_events)
         for run in range(args.runs):
             order = list(VARIANTS) if run % 2 == 0 else list(reversed(VARIANTS))  # both orders: no variant always first
@@ -272,6 +303,9 @@ async def main() -> None:
             wall = median([r["wall_us"] for r in small[mode]])
             print(f"  {SMALL_MODES[mode]:>58}: {cpu:5.0f} µs CPU per batch ({(cpu / base_cpu - 1) * 100:+5.1f} %;"
                   f" probes {probes}), {wall:5.0f} µs wall")
+    for name, count in instructions.items():
+        print(f"  {SMALL_MODES[name]:>58}: {count / 1000:5.0f} thousand instructions per batch (callgrind)"
+              f" ({(count / instructions['before'] - 1) * 100:+5.1f} %)")
     print(f"in process, CPU of one {RECIPIENTS:,}-recipient event, median of {args.phase_events}:")
     for name, phase in in_process.items():
         share = phase["preferences_us"] / phase["pipeline_us"] * 100
@@ -288,8 +322,8 @@ async def main() -> None:
                   f" before; runs {runs}), postgres {median([f['postgres_us'] for f in results]):6.1f} µs/recipient,"
                   f" {median([f['wall_ms_per_event'] for f in results]):5.0f} ms/event")
     if args.out:
-        Path(args.out).write_text(json.dumps({"processes": figures, "in_process": in_process, "small": small},
-                                             indent=1))
+        Path(args.out).write_text(json.dumps({"processes": figures, "in_process": in_process, "small": small,
+                                              "instructions_per_batch": instructions}, indent=1))
 
 
 if __name__ == "__main__":
