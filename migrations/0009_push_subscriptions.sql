@@ -1,4 +1,4 @@
--- depends: 0006_store_events_custom_plans
+-- depends: 0008_preferences_digests
 -- Web Push subscriptions (issue 20): one row per browser push endpoint, owned by one user.
 --
 -- The endpoint is unique: it names one browser profile's subscription, so when another user signs in

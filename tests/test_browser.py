@@ -1021,3 +1021,78 @@ def test_the_demo_page_says_so_when_the_embedded_redis_of_dev_stops(
         assert server.stop() == 0, server.log()
     assert "the embedded Redis has stopped" in server.log()
     assert "Traceback" not in server.log()
+
+
+# ---------------------------------------------------------------- issue 19: the preferences panel
+
+
+def test_demo_preferences_panel_mutes_a_category_and_a_type_and_locks_critical_ones(
+    browser: Any, dev_server: DevServer
+) -> None:
+    """The panel shows a switch per category and per type (critical ones checked and locked); switching
+    a category and a type off stops their events reaching this user, a critical one still arrives, and
+    notify-client.js's getPreferences / setPreferences speak the same API (400 naming a critical type)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    errors: list[str] = []
+    context = browser.new_context(viewport={"width": 1180, "height": 900})
+    try:
+        page, _, _ = _watched_page(context, "P", errors)
+        _sign_in(page, dev_server.base_url, "pat")
+
+        def switch(key: str) -> Any:
+            return page.locator(f'#preferences input[data-pref="{key}"]')
+
+        expect(page.locator("#pref-categories .pref-category")).to_have_count(4)
+        expect(switch("channel:in_app")).to_be_checked()
+        expect(page.locator('.pref-category[data-category=claims] li[data-type]')).to_have_count(3)
+        expect(switch("type:PAYMENT_FAILED")).to_be_checked()
+        expect(switch("type:PAYMENT_FAILED")).to_be_disabled()
+        expect(page.locator("li[data-type=PAYMENT_FAILED] .locked")).to_have_text("critical")
+        expect(page.locator("li[data-type=DOCUMENT_REQUESTED] .note")).to_contain_text("10 min")
+
+        switch("category:claims").uncheck()
+        expect(switch("type:CLAIM_REJECTED")).not_to_be_checked()  # the type follows its category
+        expect(switch("type:COMMENT_ADDED")).to_be_checked()
+        switch("type:COMMENT_ADDED").uncheck()
+        expect(switch("category:comments")).to_be_checked()  # one type off, its category stays on
+        page.reload()  # stored on the server, not in the page
+        expect(switch("category:claims")).not_to_be_checked()
+        expect(switch("type:COMMENT_ADDED")).not_to_be_checked()
+        expect(page.locator("#status")).to_have_attribute("data-status", "open")
+
+        # Muted ones first: by the time the later ones are listed, the worker has been through them.
+        assert _emit(page, "CLAIM_REJECTED", ["pat"], {"provider_name": "Dr. Muted", "claim_id": "c1"}) == 202
+        assert _emit(page, "COMMENT_ADDED", ["pat"], {"author_name": "Muted", "excerpt": "x"}) == 202
+        assert _emit(page, "APPOINTMENT_REMINDER", ["pat"], {"provider_name": "Dr. On", "time": "9:00",
+                                                              "date": "Monday", "appointment_id": "a1"}) == 202
+        assert _emit(page, "PAYMENT_FAILED", ["pat"], {"last4": "4242"}) == 202
+        expect(page.locator("#list .item")).to_have_count(2)
+        page.wait_for_timeout(500)
+        types = page.eval_on_selector_all("#list .item .meta span:first-child", "spans => spans.map(s => s.textContent)")
+        assert sorted(types) == ["APPOINTMENT_REMINDER", "PAYMENT_FAILED"]
+        expect(_badge(page)).to_have_text("2")
+
+        answer = page.evaluate(
+            """async () => {
+                const { NotifyClient } = await import('/static/notify-client.js');
+                const client = new NotifyClient();
+                const before = await client.getPreferences();
+                let refused = null;
+                try {
+                    await client.setPreferences({event_types: {PAYMENT_FAILED: {in_app: false}}});
+                } catch (error) {
+                    refused = [error.status, error.code, error.message];
+                }
+                const after = await client.setPreferences({categories: {claims: {in_app: null}}});
+                return {before: before.categories.claims, refused, after: after.categories.claims};
+            }"""
+        )
+        assert answer["before"] == {"in_app": False}
+        assert answer["refused"][:2] == [400, "bad_request"]
+        assert answer["refused"][2].startswith("event_types.PAYMENT_FAILED.in_app")
+        assert answer["after"] == {"in_app": True}
+        assert errors == []
+    finally:
+        context.close()

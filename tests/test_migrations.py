@@ -15,7 +15,7 @@ from notify_server.storage.migrations import apply_migrations
 
 EXPECTED_MIGRATIONS = [
     "0001_sessions", "0002_notifications", "0003_unread_counters", "0004_retention_indexes",
-    "0005_store_events_function", "0006_store_events_custom_plans", "0007_inbox",
+    "0005_store_events_function", "0006_store_events_custom_plans", "0007_inbox", "0008_preferences_digests",
     "0009_push_subscriptions",  # issue 20
 ]
 

@@ -182,6 +182,21 @@ async def test_real_responses_of_every_documented_status_conform(
     await check("/api/events/batch", "post", node.post("/api/events/batch", data=over_publish, headers=publisher))
     await check("/api/events/batch", "post", away.post("/api/events/batch", json=batch, headers=publisher))
 
+    # ---- issue 19: the preferences.
+    prefs = "/api/preferences"
+    await check(prefs, "get", node.get(prefs, headers=user))
+    await check(prefs, "get", node.get(prefs))
+    await check(prefs, "get", away.get(prefs, headers=user))
+    change = {"categories": {"claims": {"in_app": False}}, "event_types": {"COMMENT_ADDED": {"in_app": None}}}
+    changed = await check(prefs, "patch", node.patch(prefs, headers=user, json=change))
+    assert (await changed.json())["categories"]["claims"] == {"in_app": False, "web_push": True}
+    await check(prefs, "patch", node.patch(prefs, headers=user, json={"channels": {"sms": False}}))
+    await check(prefs, "patch", node.patch(prefs, json={}))
+    await check(prefs, "patch", node.patch(prefs, headers=cookie_from_elsewhere, json={}))
+    await check(prefs, "patch", node.patch(prefs, headers=user, data=oversized))
+    await check(prefs, "patch", away.patch(prefs, headers=user, json={}))
+    # ---- end issue 19
+
     # Health, readiness, metrics, the document itself.
     await check(OPENAPI_PATH, "get", node.get(OPENAPI_PATH))
     await check("/healthz", "get", node.get("/healthz"))

@@ -106,7 +106,7 @@ async def test_two_recipients_get_two_rendered_rows(settings: Settings, redis_cl
 
     await run_worker_burst(settings)
 
-    assert await job_result(redis_client, settings, "evt-1") == {"status": "stored", "recipients": 2, "stored": 2}
+    assert await job_result(redis_client, settings, "evt-1") == {"status": "stored", "recipients": 2, "stored": 2, "muted": 0}
     rows = await stored_rows(db_pool)
     assert [(r["recipient_id"], r["recipient_email"]) for r in rows] == [("u1", "u1@example.com"), ("u2", None)]
     for row in rows:
@@ -203,7 +203,7 @@ async def test_duplicate_event_after_its_result_expired_stores_no_second_row(
     assert await enqueue(redis_client, settings, claim_rejected("evt-1")) is not None
     await run_worker_burst(settings)
 
-    assert await job_result(redis_client, settings, "evt-1") == {"status": "stored", "recipients": 2, "stored": 0}
+    assert await job_result(redis_client, settings, "evt-1") == {"status": "stored", "recipients": 2, "stored": 0, "muted": 0}
     assert await row_count(db_pool) == 2
 
 
@@ -349,4 +349,4 @@ async def test_a_large_event_stores_and_pushes_its_online_recipients_first(
     entries = await redis_client.xrange(stream_key("n1"))
     pushed = [item.user_id for _, fields in entries for item in decode_job(fields[b"j"]).items]
     assert sorted(pushed) == sorted(online)
-    assert await job_result(redis_client, settings, "big") == {"status": "stored", "recipients": 600, "stored": 600}
+    assert await job_result(redis_client, settings, "big") == {"status": "stored", "recipients": 600, "stored": 600, "muted": 0}

@@ -243,7 +243,7 @@ async def test_a_poison_job_ends_with_a_result_naming_why_and_the_next_event_is_
     assert record["s"] is False and why in reason_of(record), reason_of(record)
     assert await redis_client.zscore(queue, job_id) is None and not await redis_client.exists(f"arq:job:{job_id}")
     good_job = Job(good["event_id"], arq_producer, _queue_name=queue)
-    assert await good_job.result(timeout=5) == {"status": "stored", "recipients": 1, "stored": 1}
+    assert await good_job.result(timeout=5) == {"status": "stored", "recipients": 1, "stored": 1, "muted": 0}
     assert good["event_id"] in await stored_event_ids(db_pool)
     assert len(await pushed_to(redis_client, NODE)) == 1, "the good event was not pushed to alice's node"
     assert (worker.jobs_failed, worker.jobs_complete, worker.jobs_retried) == (1, 1, 0)

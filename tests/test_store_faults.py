@@ -516,8 +516,11 @@ async def test_an_unmigrated_database_keeps_events_logs_one_loud_line_and_readyz
         loud = [line for line in worker.output().splitlines() if "notify-server migrate" in line]
         assert len(loud) == 1, f"expected one loud line for {min(await tries(redis_client, ids))}+ tries:\n" + \
             "\n".join(loud)
-        # It names what is missing (the store function of migration 0005, the first thing a batch needs).
-        assert "notify_store_events" in loud[0] and "does not exist" in loud[0], loud[0]
+        # It names what is missing: the first thing a batch needs, the preferences of its recipients (migration
+        # 0008) or, for a small batch, the store function (0005) that carries their check.
+        assert "does not exist" in loud[0], loud[0]
+        assert any(name in loud[0] for name in ("notification_preferences", "notify_require_no_preferences",
+                                                "notify_store_events")), loud[0]
         assert " ERROR " in loud[0] and "event(s) kept" in loud[0], loud[0]
 
         migrate = await asyncio.to_thread(run_cli, cli_env, "migrate")
@@ -747,7 +750,8 @@ async def test_arq_pickle_producers_are_served_a_crafted_pickle_runs_nothing_and
         pickled = event("arq-pickled", "alice")
         job = await pool.enqueue_job("process_event", pickled, _queue_name=queue, _job_id=pickled["event_id"])
         assert job is not None
-        assert await job.result(timeout=30, poll_delay=0.05) == {"status": "stored", "recipients": 1, "stored": 1}
+        assert await job.result(timeout=30, poll_delay=0.05) == {"status": "stored", "recipients": 1, "stored": 1,
+                                                                 "muted": 0}
 
         # A crafted pickle: its reduce would run `touch <marker>`; then a plain job behind it.
         marker = tmp_path / "pickle-ran"

@@ -172,6 +172,34 @@ async def test_a_user_with_a_tab_open_gets_the_websocket_frame_and_no_push(
     assert push_service.delivered_to(here_browser) == []
 
 
+async def test_a_user_who_turned_web_push_off_for_a_category_gets_the_notification_but_no_push(
+    aiohttp_client, push_settings: Settings, push_service: PushService, sessions: SessionStore,
+    redis_client: Redis,
+) -> None:
+    """The `web_push` channel of the preferences (issue 19): off for claims, the notification is still
+    stored (in_app stays on) and nothing is pushed; the other recipient of the same event is pushed."""
+    muted = await sessions.create("muted", ttl_s=3600)
+    pushed = await sessions.create("pushed", ttl_s=3600)
+    node = await start_node(aiohttp_client, push_settings)
+    muted_browser, pushed_browser = push_service.subscribe(), push_service.subscribe()
+    await subscribe(node, muted.token, muted_browser)
+    await subscribe(node, pushed.token, pushed_browser)
+    change = await node.patch("/api/preferences", json={"categories": {"claims": {"web_push": False}}},
+                              headers={"Authorization": "Bearer " + muted.token})
+    assert change.status == 200, await change.text()
+    assert (await change.json())["categories"]["claims"] == {"in_app": True, "web_push": False}
+
+    async with running_worker(push_settings):
+        await emit(redis_client, push_settings, claim_rejected("wp-muted", "muted", "pushed"))
+        await push_service.wait_for(1)
+        await queue_drained(redis_client, push_settings)
+
+    assert len(push_service.delivered_to(pushed_browser)) == 1
+    assert push_service.delivered_to(muted_browser) == []
+    listed = await (await node.get("/api/notifications", headers={"Authorization": "Bearer " + muted.token})).json()
+    assert [item["event_type"] for item in listed["items"]] == ["CLAIM_REJECTED"]
+
+
 async def test_when_always_a_user_with_a_tab_open_is_pushed_too(
     aiohttp_client, push_settings: Settings, push_service: PushService, sessions: SessionStore,
     redis_client: Redis,

@@ -32,6 +32,7 @@ from notify_server.core.stores import Fault, classify, describe, reconnect_if_st
 from notify_server.core.supervisor import Backoff, LoopHealth, Supervisor, report_failure, stopping
 from notify_server.ingest.eventqueue import ClaimedJob, Outcome, now_ms
 from workers.context import WorkerContext
+from workers.digests import DIGEST_LOOP_NAME, DigestLoop
 from workers.pipeline import Attempt, StoreUnavailable, Verdict, process_events
 from workers.pruning import PRUNE_LOOP_NAME, PruneLoop
 from workers.webpush import LOOP_NAME as WEB_PUSH_LOOP_NAME
@@ -80,6 +81,7 @@ class EventConsumer:
         )
         self.prune_loop: PruneLoop | None = None
         self.web_push_started = False
+        self.digest_loop: DigestLoop | None = None
 
     @property
     def metrics(self) -> WorkerMetrics:
@@ -139,9 +141,15 @@ class EventConsumer:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _start_background(self) -> None:
-        """The periodic prune (retention.interval_s; none at 0, none in a burst run, which only drains)."""
+        """The periodic prune (retention.interval_s; none at 0), the digest loop and the web push sender;
+        none in a burst run, which only drains."""
         self._start_web_push()
-        if self.burst or self.settings.retention.interval_s <= 0 or self.prune_loop is not None:
+        if self.burst:
+            return
+        if self.digest_loop is None:
+            self.digest_loop = DigestLoop(self.context)
+            self.background.start(DIGEST_LOOP_NAME, self.digest_loop.run)
+        if self.settings.retention.interval_s <= 0 or self.prune_loop is not None:
             return
         self.prune_loop = PruneLoop(self.context)
         self.background.start(PRUNE_LOOP_NAME, self.prune_loop.run)

@@ -15,7 +15,9 @@ from notify_server.core.redis_client import redis_client
 from notify_server.core.settings import Settings
 from notify_server.ingest.eventqueue import EventQueue, RetryPolicy
 from notify_server.storage.db import Database
+from notify_server.storage.digests import DigestStore
 from notify_server.storage.notifications import NotificationRepository
+from notify_server.storage.preferences import PreferenceStore
 from notify_server.transport.routing import PushRouter
 from notify_server.transport.webpush_queue import WebPushQueue
 from notify_server.transport.webpush_sender import AllowEveryone, ChannelFilter
@@ -31,11 +33,12 @@ class WorkerContext:
     queue: EventQueue
     policy: RetryPolicy
     metrics: WorkerMetrics
-    # ---- web push (issue 20): the queue the pipeline appends to (None while web_push.enabled is false),
-    # and who may get pushes on a channel (the user preferences plug in here).
+    preferences: PreferenceStore
+    digests: DigestStore
+    # The web push queue the pipeline appends to (None while web_push.enabled is false), and who may get
+    # pushes on a channel (the users' preferences, the `web_push` channel).
     web_push: WebPushQueue | None = None
     channel_filter: ChannelFilter = dataclasses.field(default_factory=AllowEveryone)
-    # ---- end web push
 
     @classmethod
     def build(
@@ -45,6 +48,7 @@ class WorkerContext:
         client = redis if redis is not None else redis_client(settings.redis, health_check_interval=30)
         db = Database(settings.database)
         worker = settings.worker
+        preferences = PreferenceStore(db, settings.templates)
         return cls(
             settings=settings,
             redis=client,
@@ -54,7 +58,10 @@ class WorkerContext:
             queue=EventQueue(client, settings.queues.events, job_timeout_s=worker.job_timeout_s),
             policy=RetryPolicy(worker.max_tries, worker.retry_backoff_max_s),
             metrics=metrics or WorkerMetrics(),
+            preferences=preferences,
+            digests=DigestStore(db, settings.templates),
             web_push=WebPushQueue(client, maxlen=settings.web_push.queue_maxlen) if settings.web_push.enabled else None,
+            channel_filter=preferences,
         )
 
     async def close(self) -> None:

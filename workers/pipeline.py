@@ -1,10 +1,13 @@
-"""The event pipeline for a batch of events: validate, render, store (one transaction), then push.
+"""The event pipeline for a batch of events: validate, render, choose who gets it now, store (one
+transaction), then push.
 
 The batched consumer (workers/consumer.py) runs it for every batch it claims.
 Each event ends in one of four verdicts; store faults that concern the whole batch are raised as
 StoreUnavailable (stores.py decides which faults those are):
 
-- STORED: its rows are in Postgres (or were already) and pushed to the nodes holding its recipients;
+- STORED: its rows are in Postgres (or were already) and pushed to the nodes holding its recipients,
+  except for recipients who turned its type off ("muted") or whose digest window holds it ("held",
+  workers/audience.py);
 - REJECTED: it can never be stored as sent (malformed, or Postgres refuses one of its values): logged,
   result written, never retried;
 - RETRY: it failed alone for a reason that is no store fault (a bug): retried a bounded number of times;
@@ -27,9 +30,17 @@ from typing import Any
 from notify_server.core.settings import WEB_PUSH_AWAY
 from notify_server.core.stores import Fault, classify, describe
 from notify_server.ingest.events import EventRejected, event_id_for_log, parse_event
-from notify_server.storage.notifications import NewNotifications, Notification, StoredEvent, UnreadState
+from notify_server.storage.notifications import (
+    NewNotifications,
+    Notification,
+    Precondition,
+    PreconditionFailed,
+    StoredEvent,
+    UnreadState,
+)
 from notify_server.transport.frames import notification_frames
 from notify_server.transport.push import PushItem
+from workers.audience import Audience, select_audience
 from workers.context import WorkerContext
 
 logger = logging.getLogger("notify.worker")
@@ -105,15 +116,67 @@ async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) ->
             continue
         if new.event_id in seen_ids:  # the same event twice in one batch: the first one stores it
             results[index] = EventResult(Verdict.STORED, {"status": "stored", "recipients": len(new.recipients),
-                                                          "stored": 0})
+                                                          "stored": 0, "muted": 0})
             continue
         seen_ids.add(new.event_id)
         accepted.append((index, new))
 
     stored_rows = dict.fromkeys((index for index, _ in accepted), 0)
     retried = {new.event_id for index, new in accepted if attempts[index].job_try > 1}
-    for chunk in _chunks(await _online_first(context, accepted)):
-        outcomes = await _store(context, [new for _, new in chunk])
+    raw_events = [attempt.event for attempt in attempts]
+    audience = await _select_audience(context, accepted, raw_events, may_defer=True)
+    try:
+        await _store_and_push(context, audience, results, stored_rows, retried)
+    except PreconditionFailed:  # a recipient of this small batch holds preferences: read them, then store
+        audience = await _select_audience(context, accepted, raw_events, may_defer=False)
+        await _store_and_push(context, audience, results, stored_rows, retried)
+    for index, new in accepted:
+        if results[index] is None:
+            counts: dict[str, Any] = {"status": "stored", "recipients": len(new.recipients),
+                                      "stored": stored_rows[index], "muted": audience.muted.get(index, 0)}
+            if index in audience.held:
+                counts["held"] = audience.held[index]
+            results[index] = EventResult(Verdict.STORED, counts)
+    metrics.recipients_muted.inc(sum(audience.muted.values()))
+    metrics.digest_events_held.inc(sum(audience.held.values()))
+
+    duration_ms = (time.perf_counter() - started) * 1000
+    for index, new in accepted:
+        result = results[index]
+        if result is not None and result.verdict is Verdict.STORED:
+            metrics.events_processed.inc()
+            logger.info(
+                "event processed event_id=%s recipients=%d stored=%d muted=%d held=%d batch=%d duration_ms=%.1f",
+                new.event_id, len(new.recipients), result.result["stored"], result.result["muted"],
+                result.result.get("held", 0), len(attempts), duration_ms,
+            )
+    metrics.job_duration.observe(duration_ms / 1000)
+    return [r if r is not None else _retry("not processed") for r in results]
+
+
+async def _select_audience(
+    context: WorkerContext, accepted: list[tuple[int, NewNotifications]], raw_events: list[Any], *, may_defer: bool
+) -> Audience:
+    """Preferences and digest windows: who gets each event now (workers/audience.py)."""
+    try:
+        return await select_audience(context, accepted, raw_events, may_defer=may_defer)
+    except Exception as exc:
+        _raise_if_unavailable(exc)
+        raise
+
+
+async def _store_and_push(
+    context: WorkerContext, audience: Audience, results: list[EventResult | None], stored_rows: dict[int, int],
+    retried: set[str],
+) -> None:
+    """Store the audience's events, a transaction at a time, each pushed right after its commit. When the
+    audience left preferences unchecked, the first store carries the check (`none_held`) in its own round
+    trip and raises PreconditionFailed, having stored and pushed nothing, if a recipient holds any."""
+    metrics = context.metrics
+    precondition = context.preferences.none_held(audience.unchecked) if audience.unchecked else None
+    for chunk in _chunks(await _online_first(context, audience.now)):
+        outcomes = await _store(context, [new for _, new in chunk], precondition)
+        precondition = None  # checked: it held for the whole batch
         stored_now: list[StoredEvent] = []
         for (index, new), outcome in zip(chunk, outcomes, strict=True):
             if isinstance(outcome, EventResult):
@@ -133,23 +196,6 @@ async def process_events(context: WorkerContext, attempts: Sequence[Attempt]) ->
         except Exception as exc:  # the rows are committed: a retry of the batch pushes them again
             _raise_if_unavailable(exc)
             raise
-    for index, new in accepted:
-        if results[index] is None:
-            results[index] = EventResult(Verdict.STORED, {
-                "status": "stored", "recipients": len(new.recipients), "stored": stored_rows[index],
-            })
-
-    duration_ms = (time.perf_counter() - started) * 1000
-    for index, new in accepted:
-        result = results[index]
-        if result is not None and result.verdict is Verdict.STORED:
-            metrics.events_processed.inc()
-            logger.info(
-                "event processed event_id=%s recipients=%d stored=%d batch=%d duration_ms=%.1f",
-                new.event_id, len(new.recipients), result.result["stored"], len(attempts), duration_ms,
-            )
-    metrics.job_duration.observe(duration_ms / 1000)
-    return [r if r is not None else _retry("not processed") for r in results]
 
 
 async def _online_first(
@@ -192,11 +238,15 @@ def _chunks(units: list[tuple[int, NewNotifications, bool]]) -> list[list[tuple[
     return chunks
 
 
-async def _store(context: WorkerContext, events: list[NewNotifications]) -> list[StoredEvent | EventResult]:
+async def _store(
+    context: WorkerContext, events: list[NewNotifications], precondition: Precondition | None = None
+) -> list[StoredEvent | EventResult]:
     """All in one transaction; when Postgres refuses it for a reason that is not a store outage, event by
     event, so that one bad event does not take its batch down with it."""
     try:
-        return list(await context.notifications.store_events(events))
+        return list(await context.notifications.store_events(events, precondition=precondition))
+    except PreconditionFailed:
+        raise
     except Exception as exc:
         fault = _raise_if_unavailable(exc)
         if len(events) == 1:
@@ -210,7 +260,7 @@ async def _store(context: WorkerContext, events: list[NewNotifications]) -> list
             return [_retry(f"internal error: {describe(exc)}")]
     results: list[StoredEvent | EventResult] = []
     for new in events:
-        results.extend(await _store(context, [new]))
+        results.extend(await _store(context, [new], precondition))
     return results
 
 

@@ -112,3 +112,22 @@ class WorkerMetrics:
             " expired)", ["result"], registry=self.registry,
         )
         # ---- end web push
+        # ---- issue 19: preferences and digests
+        self.recipients_muted = Counter(
+            "notify_recipients_muted", "Recipients who got nothing because they turned the event's type off",
+            registry=self.registry,
+        )
+        self.digest_events_held = Counter(
+            "notify_digest_events_held", "Events held in a recipient's digest window", registry=self.registry
+        )
+        self.digests_delivered = Counter(
+            "notify_digests_delivered", "Digests stored when their window ended", registry=self.registry
+        )
+        self.digests_muted = Counter(
+            "notify_digests_muted", "Digests not stored: the user turned the type off during the window",
+            registry=self.registry,
+        )
+        self.digest_delay = Histogram(
+            "notify_digest_delay_seconds", "A window's end -> its digest stored", buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )

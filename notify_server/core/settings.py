@@ -31,7 +31,7 @@ from notify_server.core.jwt_keys import (
 )
 from notify_server.core.push_endpoints import parse_entry
 from notify_server.core.schemas import first_error
-from notify_server.core.templates import Template, TemplateError
+from notify_server.core.templates import DEFAULT_CATEGORY, Template, TemplateError
 from notify_server.core.vapid_keys import VapidKeyError, load_private_key
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config.yaml"
@@ -403,6 +403,19 @@ class DevSettings:
     data_dir: str = setting(".notify-dev", validate=validate.Length(min=1))
 
 
+# ---- issue 19: digests (the template keys are TemplateSchema's, below)
+MAX_DIGEST_WINDOW_S = 7 * 86400
+
+
+@dataclasses.dataclass(frozen=True)
+class DigestSettings:
+    """How workers end the digest windows of templates with digest_window_s > 0 (workers/digests.py)."""
+
+    poll_interval_s: float = setting(0.25, validate=validate.Range(min=0.01, max=10))
+    batch_max: int = setting(500, validate=validate.Range(min=1, max=10000))  # digests per flush transaction
+# ---- end issue 19
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = DatabaseSettings()
@@ -423,6 +436,7 @@ class Settings:
     auth: AuthSettings = AuthSettings()
     publish: PublishSettings = PublishSettings()
     web_push: WebPushSettings = WebPushSettings()
+    digests: DigestSettings = DigestSettings()
     templates: Mapping[str, Template] = dataclasses.field(default_factory=dict)
 
     def replace(self, **sections: Mapping[str, Any]) -> Settings:
@@ -502,6 +516,13 @@ class TemplateSchema(Schema):
     body = fields.String(required=True, validate=validate.Length(min=1, max=5000))
     priority = fields.String(load_default="NORMAL", validate=validate.OneOf(PRIORITIES))
     action_url = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+    # ---- issue 19: preferences and digests
+    category = fields.String(load_default=DEFAULT_CATEGORY, validate=validate.Regexp(
+        r"^[A-Za-z0-9_.-]{1,64}$", error="1 to 64 letters, digits or _.- (a key of GET /api/preferences)"))
+    critical = fields.Boolean(load_default=False)
+    digest_window_s = fields.Float(load_default=0.0, validate=validate.Range(min=0, max=MAX_DIGEST_WINDOW_S))
+    digest_title = fields.String(load_default=None, validate=validate.Length(min=1, max=500))
+    digest_body = fields.String(load_default=None, validate=validate.Length(min=1, max=5000))
 
 
 # ---------------------------------------------------------------- loading

@@ -64,6 +64,11 @@
  *   (filter: {read, seen, eventType, priority}, optional; eventType and priority: a string or a list)
  *   enablePush({serviceWorkerUrl, scope})      -> subscription JSON      Web Push (notify-sw.js), see docs/client.md
  *   disablePush({scope}), pushEnabled({scope}) -> boolean                DELETE /api/push/subscriptions
+ *   getPreferences()                           -> preferences            GET  /api/preferences
+ *   setPreferences(patch)                      -> preferences            PATCH /api/preferences
+ *     preferences: {channels: {in_app: bool}, categories: {name: {in_app: bool}}, event_types: {TYPE: {in_app:
+ *     bool}}, catalog: {TYPE: {category, critical, digest_window_s}}}, each value the effective one (event type >
+ *     category > channel > on; critical types always on). patch: the same shape, partially; null clears a switch.
  * REST failures reject with a NotifyApiError (status, code, message from {"error": {code, message}}).
  *
  * Reconnection, by close code:
@@ -375,6 +380,16 @@ export class NotifyClient {
   async _act(id, action) {
     return this._request("POST", `/api/notifications/${encodeURIComponent(id)}/${action}`);
   }
+
+  // ---- issue 19: preferences
+  async getPreferences() {
+    return this._request("GET", "/api/preferences");
+  }
+
+  async setPreferences(patch) {
+    return this._request("PATCH", "/api/preferences", patch);
+  }
+  // ---- end issue 19
 
   async _request(method, path, body, retried = false) {
     const headers = { Accept: "application/json" };

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import psycopg2
 
 from notify_server.core.batching import BatchLoader
 from notify_server.storage.db import Database
@@ -96,6 +97,24 @@ class Page:
     next_before: str | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Precondition:
+    """A condition of a store, checked by the store's own statement (`WHERE <sql>`): when it raises
+    `sqlstate`, the statement fails whole, nothing is stored, and the store raises PreconditionFailed.
+
+    The store function's rows are filtered by it, so whether Postgres checks it once before the store (a
+    constant, STABLE condition: a one-time filter, as it plans it) or on each row the store inserted, a
+    failing check never leaves a row behind."""
+
+    sql: str  # a boolean SQL expression, %s placeholders only
+    params: tuple[Any, ...]
+    sqlstate: str
+
+
+class PreconditionFailed(Exception):
+    """A store's precondition did not hold: nothing was stored."""
+
+
 class UnknownCursor(LookupError):
     """`before` / `since` names no notification of this user."""
 
@@ -113,7 +132,9 @@ class NotificationRepository:
         # Concurrent reads of unread state (sockets connecting at once) share one query.
         self._unread: BatchLoader[str, UnreadState] = BatchLoader(self.unread_states, default=UnreadState(0, 0, 0))
 
-    async def store_events(self, events: Sequence[NewNotifications]) -> list[StoredEvent]:
+    async def store_events(
+        self, events: Sequence[NewNotifications], *, precondition: Precondition | None = None
+    ) -> list[StoredEvent]:
         """Store one row per (event, recipient) for several events in one transaction and bump the
         recipients' unread counters; one StoredEvent per event, in order. Rows that exist (same event
         and recipient) are left as they are and counted nowhere: idempotent.
@@ -122,31 +143,50 @@ class NotificationRepository:
         the counters bumped *before* the rows are inserted (each recipient's counter lock taken first, in
         user order: concurrent batches cannot deadlock, and one user's rows get their seq in commit
         order, so a catch-up "after seq N" never skips a row committed later with a lower seq).
-        Only seq, id and created_at come back per row; the rest is already in memory."""
+        Only seq, id and created_at come back per row; the rest is already in memory.
+
+        A `precondition` rides in the same statement (the worker checks there that no recipient holds
+        preferences: nothing extra in the common case, storage/preferences.py)."""
+        if not events:
+            return []
+        async with self._db.connection() as conn, conn.cursor() as cur:
+            return await self.store_events_on(cur, events, precondition=precondition)
+
+    @staticmethod
+    async def store_events_on(
+        cur: Any, events: Sequence[NewNotifications], *, precondition: Precondition | None = None
+    ) -> list[StoredEvent]:
+        """store_events with `cur`, inside the caller's transaction when it has one (a digest is stored in
+        the transaction that takes its held events, so both happen or neither)."""
         if not events:
             return []
         by_id = {new.event_id: new for new in events}
         event_ids = list(by_id)
         position = {event_id: i for i, event_id in enumerate(event_ids, start=1)}
         recipients = [(new.event_id, r) for new in by_id.values() for r in new.recipients]
-        async with self._db.connection() as conn, conn.cursor() as cur:
-            await cur.execute(
-                "SELECT * FROM notify_store_events_v2(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-                " %s::text[], %s::text[], %s::text[], %s::text[], %s::int[])",
-                (
-                    event_ids,
-                    [by_id[e].event_type for e in event_ids],
-                    [by_id[e].title for e in event_ids],
-                    [by_id[e].body for e in event_ids],
-                    [by_id[e].priority for e in event_ids],
-                    [by_id[e].action_url for e in event_ids],
-                    [orjson.dumps(by_id[e].metadata).decode() for e in event_ids],
-                    [r.user_id for _, r in recipients],
-                    [r.email for _, r in recipients],
-                    [position[event_id] for event_id, _ in recipients],
-                ),
-            )
-            rows = await cur.fetchall()
+        sql = ("SELECT * FROM notify_store_events_v2(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+               " %s::text[], %s::text[], %s::text[], %s::text[], %s::int[])")
+        params: tuple[Any, ...] = (
+            event_ids,
+            [by_id[e].event_type for e in event_ids],
+            [by_id[e].title for e in event_ids],
+            [by_id[e].body for e in event_ids],
+            [by_id[e].priority for e in event_ids],
+            [by_id[e].action_url for e in event_ids],
+            [orjson.dumps(by_id[e].metadata).decode() for e in event_ids],
+            [r.user_id for _, r in recipients],
+            [r.email for _, r in recipients],
+            [position[event_id] for event_id, _ in recipients],
+        )
+        if precondition is not None:
+            sql, params = f"{sql} WHERE {precondition.sql}", (*params, *precondition.params)
+        try:
+            await cur.execute(sql, params)
+        except psycopg2.Error as exc:
+            if precondition is not None and exc.pgcode == precondition.sqlstate:
+                raise PreconditionFailed(precondition.sqlstate) from exc
+            raise
+        rows = await cur.fetchall()
         by_event: dict[str, list[Notification]] = {}
         states: dict[str, UnreadState] = {}
         for seq, notification_id, event_id, recipient_id, email, created_at, unread, unseen, version in rows:

@@ -34,7 +34,7 @@ from notify_server.transport.presence import Presence
 from notify_server.transport.push import StreamPushTransport
 from notify_server.transport.repair import PushGapRepair
 from notify_server.transport.routing import PushRouter
-from notify_server.web import api, appkeys, inbox, openapi, publish
+from notify_server.web import api, appkeys, inbox, openapi, preferences, publish
 from notify_server.web import push_subscriptions as web_push  # issue 20
 from notify_server.web.process_port import process_port_ctx
 from notify_server.web.sse import SSE_PATH, notifications_sse
@@ -72,6 +72,9 @@ def create_app(
     api.add_routes(app)
     inbox.add_routes(app)
     publish.add_routes(app)
+    # ---- issue 19: preferences (its own cleanup context, after the Postgres pool's)
+    preferences.add_routes(app)
+    # ---- end issue 19
     openapi.add_routes(app)
     # ---- web push (issue 20): subscriptions; the service worker beside the client
     web_push.add_routes(app)

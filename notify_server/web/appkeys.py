@@ -13,6 +13,7 @@ from notify_server.core.settings import Settings
 from notify_server.core.supervisor import Supervisor
 from notify_server.storage.db import Database
 from notify_server.storage.notifications import NotificationRepository
+from notify_server.storage.preferences import PreferenceStore
 from notify_server.storage.sessions import SessionStore
 from notify_server.transport.connections import NotificationWebSocketManager
 from notify_server.transport.presence import Presence
@@ -37,3 +38,4 @@ METRICS = web.AppKey("metrics", ServerMetrics)
 AUTH = web.AppKey("auth", Authenticator)
 API_KEYS = web.AppKey("api_keys", ApiKeyRing)
 OPENAPI = web.AppKey("openapi", bytes)  # the serialised document of GET /api/openapi.json
+PREFERENCES = web.AppKey("preferences", PreferenceStore)  # issue 19: GET/PATCH /api/preferences

@@ -15,12 +15,14 @@ import orjson
 from aiohttp import web
 
 from notify_server.core.constants import PRIORITIES
+from notify_server.core.preferences import CHANNELS, categories_of
 from notify_server.core.push_endpoints import MAX_ENDPOINT_CHARS
 from notify_server.core.schemas import MAX_EVENT_ID_CHARS, MAX_EVENT_TYPE_CHARS, MAX_RECIPIENTS, MAX_USER_ID_CHARS
 from notify_server.core.settings import Settings
 from notify_server.storage.inbox import ACTIONS
 from notify_server.web import appkeys
 from notify_server.web.inbox import ALL_ROUTES, BULK_MAX_BODY_BYTES, BULK_MAX_IDS, FILTER_MAX_VALUES
+from notify_server.web.preferences import PREFERENCES_PATH
 from notify_server.web.publish import API_KEY_HEADER, BATCH_MAX_EVENTS
 
 OPENAPI_PATH = "/api/openapi.json"
@@ -418,6 +420,81 @@ def _paths(settings: Settings) -> dict[str, Schema]:
     }
 
 
+# ---- issue 19: preferences (GET/PATCH /api/preferences); the node's channels, categories and types are
+# spelled out, so the document states exactly what this node accepts.
+
+
+def _preference_schemas(settings: Settings) -> dict[str, Schema]:
+    categories = categories_of(settings.templates)
+    event_types = sorted(settings.templates)
+
+    def keyed(names: list[str], value: Schema, *, all_required: bool) -> Schema:
+        schema: Schema = {"type": "object", "additionalProperties": False, "properties": {n: value for n in names}}
+        if all_required:
+            schema["required"] = names
+        return schema
+
+    return {
+        "ChannelSwitches": keyed(list(CHANNELS), {"type": "boolean"}, all_required=True),
+        "ChannelChanges": {**keyed(list(CHANNELS), {"type": ["boolean", "null"]}, all_required=False),
+                           "description": "true or false sets a switch; null clears it (the level above applies)"},
+        "EventTypeInfo": {
+            "type": "object", "required": ["category", "critical", "digest_window_s"], "additionalProperties": False,
+            "properties": {
+                "category": {"type": "string", "enum": categories},
+                "critical": {"type": "boolean", "description": "never muted: cannot be turned off"},
+                "digest_window_s": {"type": "number", "minimum": 0,
+                                    "description": "> 0: a burst within this long is folded into one digest"},
+            },
+        },
+        "Preferences": {
+            "type": "object", "required": ["channels", "categories", "event_types", "catalog"],
+            "additionalProperties": False,
+            "description": "effective values: event type > category > channel > on; critical types always on",
+            "properties": {
+                "channels": _ref("ChannelSwitches"),
+                "categories": keyed(categories, _ref("ChannelSwitches"), all_required=True),
+                "event_types": keyed(event_types, _ref("ChannelSwitches"), all_required=True),
+                "catalog": {**keyed(event_types, _ref("EventTypeInfo"), all_required=True),
+                            "description": "read-only: each event type's category, whether it is critical, its digest"},
+            },
+        },
+        "PreferencesPatch": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "channels": _ref("ChannelChanges"),
+                "categories": keyed(categories, _ref("ChannelChanges"), all_required=False),
+                "event_types": keyed(event_types, _ref("ChannelChanges"), all_required=False),
+            },
+        },
+    }
+
+
+def _preference_paths(settings: Settings) -> dict[str, Schema]:
+    too_large = _error(f"a body over {settings.limits.request_max_bytes} bytes (limits.request_max_bytes)")
+    return {PREFERENCES_PATH: {
+        "get": {
+            "operationId": "getPreferences", "tags": ["preferences"], "security": _USER,
+            "summary": "What the caller receives: every channel, category and event type with its effective value",
+            "responses": {"200": _json(_ref("Preferences"), "the effective preferences"), "401": _UNAUTHORIZED,
+                          "503": _UNAVAILABLE},
+        },
+        "patch": {
+            "operationId": "setPreferences", "tags": ["preferences"], "security": _USER,
+            "summary": "Change some switches; applies to the next event any worker processes",
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _ref("PreferencesPatch")}}},
+            "responses": {
+                "200": _json(_ref("Preferences"), "the effective preferences after the change"),
+                "400": _error("not JSON, an unknown channel, category or event type, or a critical type turned off"
+                              " (the message names it); nothing is changed"),
+                "401": _UNAUTHORIZED, "403": _FORGED, "413": too_large, "503": _UNAVAILABLE,
+            },
+        },
+    }}
+# ---- end issue 19
+
+
 def _version() -> str:
     try:
         return metadata.version("notify-server")
@@ -441,11 +518,12 @@ def build_document(settings: Settings) -> dict[str, Any]:
             {"name": "notifications", "description": "the signed-in user's notifications"},
             {"name": "publish", "description": "server to server: enqueue events"},
             {"name": "push", "description": "Web Push: this browser's subscription"},
+            {"name": "preferences", "description": "what the signed-in user chose to receive"},
             {"name": "meta", "description": "health, readiness, metrics, this document"},
         ],
-        "paths": {**_paths(settings), **_web_push_paths(settings)},
+        "paths": {**_paths(settings), **_web_push_paths(settings), **_preference_paths(settings)},
         "components": {
-            "schemas": {**_schemas(settings), **_web_push_schemas()},
+            "schemas": {**_schemas(settings), **_web_push_schemas(), **_preference_schemas(settings)},
             "securitySchemes": {
                 "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "session_id",
                                   "description": "a session token or JWT in the cookie (POSTs: Origin checked)"},

@@ -13,6 +13,7 @@ const state = {
   nextBefore: null,
   tab: "all", // the inbox's tab: "unread", "all" (not archived) or "archived"
   templates: {},
+  preferences: null, // the last GET/PATCH /api/preferences answer
 };
 
 // ---------------------------------------------------------------- helpers
@@ -280,6 +281,7 @@ function signedIn(user) {
   startClient();
   loadTemplates();
   showPush();
+  loadPreferences();
 }
 
 function signedOut(message) {
@@ -435,6 +437,77 @@ async function togglePush() {
   }
 }
 
+// ---------------------------------------------------------------- preferences (issue 19)
+
+function prefToggle(key, label, checked, { disabled = false } = {}) {
+  const wrap = el("label", "toggle");
+  const input = el("input");
+  input.type = "checkbox";
+  input.checked = checked;
+  input.disabled = disabled;
+  input.dataset.pref = key;
+  wrap.append(input, el("span", null, label));
+  return wrap;
+}
+
+function renderPreferences(prefs) {
+  state.preferences = prefs;
+  $("pref-in-app").checked = !!prefs.channels.in_app;
+  const byCategory = new Map();
+  for (const [type, info] of Object.entries(prefs.catalog)) {
+    if (!byCategory.has(info.category)) byCategory.set(info.category, []);
+    byCategory.get(info.category).push([type, info]);
+  }
+  $("pref-categories").replaceChildren(...[...byCategory.keys()].sort().map((category) => {
+    const box = el("div", "pref-category");
+    box.dataset.category = category;
+    box.append(prefToggle(`category:${category}`, category, !!prefs.categories[category].in_app));
+    const list = el("ul", "pref-types");
+    for (const [type, info] of byCategory.get(category)) {
+      const li = el("li");
+      li.dataset.type = type;
+      li.append(prefToggle(`type:${type}`, type, !!prefs.event_types[type].in_app, { disabled: info.critical }));
+      if (info.critical) li.append(el("span", "locked", "critical"));
+      if (info.digest_window_s > 0) li.append(el("span", "note", `bursts folded, ${Math.round(info.digest_window_s / 60)} min`));
+      list.append(li);
+    }
+    box.append(list);
+    return box;
+  }));
+}
+
+async function loadPreferences() {
+  try {
+    renderPreferences(await state.client.getPreferences());
+    $("pref-error").hidden = true;
+  } catch (error) {
+    showPreferenceError(`Could not load preferences: ${error.message}`);
+  }
+}
+
+function showPreferenceError(message) {
+  const box = $("pref-error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+async function changePreference(event) {
+  const input = event.target;
+  if (!input.dataset || !input.dataset.pref) return;
+  const [kind, name] = input.dataset.pref.split(/:(.*)/s);
+  const switches = { in_app: input.checked };
+  const patch = kind === "channel" ? { channels: switches }
+    : kind === "category" ? { categories: { [name]: switches } }
+      : { event_types: { [name]: switches } };
+  try {
+    renderPreferences(await state.client.setPreferences(patch));
+    $("pref-error").hidden = true;
+  } catch (error) {
+    if (state.preferences) renderPreferences(state.preferences); // back to what the server holds
+    showPreferenceError(error.message);
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 
 async function main() {
@@ -445,6 +518,7 @@ async function main() {
   $("push").addEventListener("click", togglePush);
   // A click on a push notification focused this tab (notify-sw.js): show the list with the item in it.
   onPushClick(() => state.client && refresh());
+  $("preferences").addEventListener("change", changePreference);
   $("mark-all").addEventListener("click", () => {
     // Every tab (this one too) hears which ones changed: notifications_updated.
     state.client.markAllRead().catch((error) => flash(`Could not mark all read: ${error.message}`));
