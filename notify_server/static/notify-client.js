@@ -1057,7 +1057,7 @@ export class NotifyClient {
     if (permission !== "granted") {
       throw new NotifyApiError(0, "permission_denied", `notifications are ${permission} for this site`);
     }
-    const { public_key: publicKey } = await this._pushRequest("GET", "/api/push/vapid-public-key");
+    const { public_key: publicKey } = await this._request("GET", "/api/push/vapid-public-key");
     const registration = await whenActive(await navigator.serviceWorker.register(serviceWorkerUrl, { scope }));
     let subscription = await registration.pushManager.getSubscription();
     if (subscription && !sameKey(subscription.options.applicationServerKey, publicKey)) {
@@ -1071,7 +1071,7 @@ export class NotifyClient {
       });
     }
     const json = subscription.toJSON();
-    await this._pushRequest("POST", "/api/push/subscriptions", json);
+    await this._request("POST", "/api/push/subscriptions", json);
     return json;
   }
 
@@ -1082,7 +1082,7 @@ export class NotifyClient {
     const registration = await navigator.serviceWorker.getRegistration(scope);
     const subscription = registration ? await registration.pushManager.getSubscription() : null;
     if (!subscription) return false;
-    await this._pushRequest("DELETE", "/api/push/subscriptions", { endpoint: subscription.endpoint });
+    await this._request("DELETE", "/api/push/subscriptions", { endpoint: subscription.endpoint });
     await subscription.unsubscribe();
     return true;
   }
@@ -1094,30 +1094,6 @@ export class NotifyClient {
     return Boolean(registration && (await registration.pushManager.getSubscription()));
   }
 
-  async _pushRequest(method, path, body) {
-    const headers = { Accept: "application/json" };
-    const token = await this._currentToken();
-    if (token) headers.Authorization = `Bearer ${token}`;
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await fetch(this.options.apiBase + path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: this.options.apiBase ? "include" : "same-origin",
-      cache: "no-store",
-    });
-    let answer = null;
-    try {
-      answer = response.status === 204 ? null : await response.json();
-    } catch (_) {
-      answer = null;
-    }
-    if (!response.ok) {
-      const error = (answer && answer.error) || {};
-      throw new NotifyApiError(response.status, error.code, error.message || response.statusText);
-    }
-    return answer;
-  }
   // ---- end web push
 }
 
