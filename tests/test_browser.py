@@ -1055,7 +1055,9 @@ def test_demo_preferences_panel_mutes_a_category_and_a_type_and_locks_critical_o
         switch("category:claims").uncheck()
         expect(switch("type:CLAIM_REJECTED")).not_to_be_checked()  # the type follows its category
         expect(switch("type:COMMENT_ADDED")).to_be_checked()
-        switch("type:COMMENT_ADDED").uncheck()
+        # The reload below must come after the server has this change: wait for its PATCH to answer.
+        with page.expect_response(lambda r: r.url.endswith("/api/preferences") and r.request.method == "PATCH"):
+            switch("type:COMMENT_ADDED").uncheck()
         expect(switch("category:comments")).to_be_checked()  # one type off, its category stays on
         page.reload()  # stored on the server, not in the page
         expect(switch("category:claims")).not_to_be_checked()
@@ -1089,10 +1091,10 @@ def test_demo_preferences_panel_mutes_a_category_and_a_type_and_locks_critical_o
                 return {before: before.categories.claims, refused, after: after.categories.claims};
             }"""
         )
-        assert answer["before"] == {"in_app": False}
+        assert answer["before"] == {"in_app": False, "web_push": True}
         assert answer["refused"][:2] == [400, "bad_request"]
         assert answer["refused"][2].startswith("event_types.PAYMENT_FAILED.in_app")
-        assert answer["after"] == {"in_app": True}
+        assert answer["after"] == {"in_app": True, "web_push": True}
         assert errors == []
     finally:
         context.close()
