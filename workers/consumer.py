@@ -154,14 +154,12 @@ class EventConsumer:
         self.prune_loop = PruneLoop(self.context)
         self.background.start(PRUNE_LOOP_NAME, self.prune_loop.run)
 
-    # ---- web push (issue 20)
     def _start_web_push(self) -> None:
         """The Web Push sender (when web_push.enabled; none in a burst run, which only drains)."""
         if self.burst or not self.settings.web_push.enabled or self.web_push_started:
             return
         self.web_push_started = True
         self.background.start(WEB_PUSH_LOOP_NAME, build_web_push_sender(self.context).run)
-    # ---- end web push
 
     async def close(self) -> None:
         await self.background.stop()  # a prune cut short rolls its batch back; the next one goes on

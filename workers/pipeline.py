@@ -306,7 +306,7 @@ async def push_stored(
     return await context.router.route({n.recipient_id for n, _ in pending}, items_for)
 
 
-# ---- web push (issue 20)
+# ---------------------------------------------------------------- web push
 async def enqueue_web_push(
     context: WorkerContext, stored: Sequence[StoredEvent], earlier: Sequence[tuple[Notification, UnreadState]],
     reached: set[str],
@@ -320,4 +320,3 @@ async def enqueue_web_push(
     skip = reached if context.settings.web_push.when == WEB_PUSH_AWAY else set()
     rows = [n for event in stored for n in event.notifications] + [n for n, _ in earlier]
     await context.web_push.enqueue([n for n in rows if n.recipient_id not in skip])
-# ---- end web push

@@ -106,13 +106,11 @@ class WorkerMetrics:
             ["kind"], registry=self.registry,
         )
         self.loop_restarts = _loop_restarts(self.registry)
-        # ---- web push (issue 20)
         self.web_push = Counter(
             "notify_web_push", "Web Push messages by result (sent, gone, too_large, rejected, failed, refused,"
             " expired)", ["result"], registry=self.registry,
         )
-        # ---- end web push
-        # ---- issue 19: preferences and digests
+        # Preferences and digests
         self.recipients_muted = Counter(
             "notify_recipients_muted", "Recipients who got nothing because they turned the event's type off",
             registry=self.registry,

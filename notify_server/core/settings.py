@@ -129,7 +129,7 @@ def _host_port(value: str) -> None:
         raise ValidationError("must be host:port, e.g. 10.0.0.5:26379")
 
 
-# ---- high availability (issue 21): Sentinel and replica acknowledgements
+# ---------------------------------------------------------------- Redis: Sentinel and replica acknowledgements
 @dataclasses.dataclass(frozen=True)
 class RedisSettings:
     url: str = setting("", validate=_url("redis", "rediss", "unix"))
@@ -146,7 +146,6 @@ def _sentinels_need_a_network_url(section: RedisSettings) -> RedisSettings:
     if section.sentinels and section.url.startswith("unix://"):
         raise ValidationError("must be redis:// or rediss:// when redis.sentinels is set", "url")
     return section
-# ---- end high availability
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,7 +402,8 @@ class DevSettings:
     data_dir: str = setting(".notify-dev", validate=validate.Length(min=1))
 
 
-# ---- issue 19: digests (the template keys are TemplateSchema's, below)
+# ---------------------------------------------------------------- digests
+# (the template keys are TemplateSchema's, below)
 MAX_DIGEST_WINDOW_S = 7 * 86400
 
 
@@ -413,7 +413,6 @@ class DigestSettings:
 
     poll_interval_s: float = setting(0.25, validate=validate.Range(min=0.01, max=10))
     batch_max: int = setting(500, validate=validate.Range(min=1, max=10000))  # digests per flush transaction
-# ---- end issue 19
 
 
 @dataclasses.dataclass(frozen=True)
@@ -516,7 +515,7 @@ class TemplateSchema(Schema):
     body = fields.String(required=True, validate=validate.Length(min=1, max=5000))
     priority = fields.String(load_default="NORMAL", validate=validate.OneOf(PRIORITIES))
     action_url = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
-    # ---- issue 19: preferences and digests
+    # Preferences and digests
     category = fields.String(load_default=DEFAULT_CATEGORY, validate=validate.Regexp(
         r"^[A-Za-z0-9_.-]{1,64}$", error="1 to 64 letters, digits or _.- (a key of GET /api/preferences)"))
     critical = fields.Boolean(load_default=False)
@@ -526,7 +525,6 @@ class TemplateSchema(Schema):
 
 
 # ---------------------------------------------------------------- loading
-
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:

@@ -115,7 +115,7 @@ class Template:
     body: TextTemplate
     priority: str
     action_url: TextTemplate | None
-    # ---- issue 19: preferences and digests
+    # Preferences and digests
     category: str = DEFAULT_CATEGORY
     critical: bool = False  # preferences never silence it
     digest_window_s: float = 0.0  # > 0: events within this long after one delivered at once are folded

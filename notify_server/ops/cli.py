@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---- web push (issue 20): `notify-server vapid create --out PATH`
+# ---------------------------------------------------------------- `notify-server vapid create --out PATH`
 def _add_vapid_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     vapid = commands.add_parser("vapid", help="the VAPID key pair of Web Push")
     vapid_commands = vapid.add_subparsers(dest="vapid_command", required=True, metavar="ACTION")
@@ -143,7 +143,6 @@ def cmd_vapid(settings: Settings, args: argparse.Namespace) -> int:
 
 
 CONFIG_FREE = {"vapid"}  # a new key is needed before the config can name it: no config is read
-# ---- end web push
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -187,7 +186,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return _worker_program().run(as_process(settings, args.process_index))
 
 
-# ---- several processes per command (issue 21): --processes N, supervised by notify_server.ops.processes
+# ---------------------------------------------------------------- several processes
+# --processes N, supervised by notify_server.ops.processes
 
 
 def _processes(text: str) -> int:
@@ -234,9 +234,6 @@ def worker_processes(settings: Settings, args: argparse.Namespace) -> int:
     logger.info("running %d worker processes", args.processes)
     return run_group("worker", _common_child_args(args), args.processes,
                      stop_timeout_s=settings.worker.job_timeout_s + 10)
-
-
-# ---- end several processes
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:

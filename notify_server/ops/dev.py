@@ -129,7 +129,7 @@ async def watch_embedded(app: web.Application, watched: dict[str, PidOf]) -> Non
         await asyncio.sleep(EMBEDDED_CHECK_INTERVAL_S)
 
 
-# ---- web push (issue 20)
+# ---------------------------------------------------------------- web push
 def dev_web_push(settings: Settings, data_dir: Path) -> Settings:
     """Web Push on in dev when the config leaves it off: a VAPID key made once in the data directory, so
     the demo page's push button works (the browser's own push service is reached from this machine)."""
@@ -141,7 +141,6 @@ def dev_web_push(settings: Settings, data_dir: Path) -> Settings:
         _say(f"web push: VAPID key created in {key_file}")
     return settings.replace(web_push={"enabled": True, "vapid_private_key_file": str(key_file),
                                       "subject": settings.web_push.subject or "mailto:dev@localhost"})
-# ---- end web push
 
 
 async def _serve_and_work(settings: Settings, make_worker: WorkerFactory, watched: dict[str, PidOf]) -> None:

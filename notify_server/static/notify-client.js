@@ -381,7 +381,7 @@ export class NotifyClient {
     return this._request("POST", `/api/notifications/${encodeURIComponent(id)}/${action}`);
   }
 
-  // ---- issue 19: preferences
+  // Preferences
   async getPreferences() {
     return this._request("GET", "/api/preferences");
   }
@@ -389,7 +389,6 @@ export class NotifyClient {
   async setPreferences(patch) {
     return this._request("PATCH", "/api/preferences", patch);
   }
-  // ---- end issue 19
 
   async _request(method, path, body, retried = false) {
     const headers = { Accept: "application/json" };
@@ -1044,7 +1043,7 @@ export class NotifyClient {
     }
   }
 
-  // ---- web push (issue 20): this browser's push subscription, for when no tab is open
+  // This browser's push subscription, for when no tab is open
 
   /** Ask for permission to show notifications, register the service worker, subscribe this browser with
    * the server's VAPID key and give the subscription to the server (POST /api/push/subscriptions).
@@ -1094,10 +1093,9 @@ export class NotifyClient {
     return Boolean(registration && (await registration.pushManager.getSubscription()));
   }
 
-  // ---- end web push
 }
 
-// ---- web push (issue 20): helpers
+// ---------------------------------------------------------------- web push: helpers
 
 export function pushSupported() {
   return typeof navigator !== "undefined" && "serviceWorker" in navigator && typeof PushManager !== "undefined" &&
@@ -1140,6 +1138,5 @@ function whenActive(registration) {
     });
   });
 }
-// ---- end web push
 
 export default NotifyClient;

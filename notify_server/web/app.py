@@ -72,14 +72,12 @@ def create_app(
     api.add_routes(app)
     inbox.add_routes(app)
     publish.add_routes(app)
-    # ---- issue 19: preferences (its own cleanup context, after the Postgres pool's)
+    # Preferences (its own cleanup context, after the Postgres pool's)
     preferences.add_routes(app)
-    # ---- end issue 19
     openapi.add_routes(app)
-    # ---- web push (issue 20): subscriptions; the service worker beside the client
+    # Subscriptions; the service worker beside the client
     web_push.add_routes(app)
     app.router.add_get("/static/notify-sw.js", service_worker)
-    # ---- end web push
     if extra_routes is not None:
         extra_routes(app)
     return app

@@ -222,7 +222,7 @@ _UNAVAILABLE = _error("Postgres, Redis or the auth proxy endpoint cannot answer 
 _FORGED = _error("a cookie-authenticated change from an Origin not in websocket.allowed_origins (CSRF)")
 
 
-# ---- web push (issue 20)
+# ---------------------------------------------------------------- web push
 def _web_push_schemas() -> dict[str, Schema]:
     return {
         "VapidPublicKey": {
@@ -286,7 +286,6 @@ def _web_push_paths(settings: Settings) -> dict[str, Schema]:
             },
         },
     }
-# ---- end web push
 
 
 def _inbox_paths(settings: Settings) -> dict[str, Schema]:
@@ -420,7 +419,8 @@ def _paths(settings: Settings) -> dict[str, Schema]:
     }
 
 
-# ---- issue 19: preferences (GET/PATCH /api/preferences); the node's channels, categories and types are
+# ---------------------------------------------------------------- preferences
+# GET/PATCH /api/preferences; the node's channels, categories and types are
 # spelled out, so the document states exactly what this node accepts.
 
 
@@ -492,7 +492,6 @@ def _preference_paths(settings: Settings) -> dict[str, Schema]:
             },
         },
     }}
-# ---- end issue 19
 
 
 def _version() -> str:
