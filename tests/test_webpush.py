@@ -200,6 +200,35 @@ async def test_a_user_who_turned_web_push_off_for_a_category_gets_the_notificati
     assert [item["event_type"] for item in listed["items"]] == ["CLAIM_REJECTED"]
 
 
+async def test_an_away_user_gets_a_digest_as_a_push_too(
+    push_settings: Settings, push_service: PushService, sessions: SessionStore, redis_client: Redis,
+    db_pool: Any, aiohttp_client,
+) -> None:
+    """A digest (issue 19) is a notification like any other: the first event of a burst and, when the window
+    ends, the digest of the rest both reach an away user's browser."""
+    node = await start_node(aiohttp_client, push_settings)
+    away = await sessions.create("away", ttl_s=3600)
+    browser = push_service.subscribe()
+    await subscribe(node, away.token, browser)
+    docs = [{"event_id": f"wp-doc-{n}", "event_type": "DOCUMENT_REQUESTED", "recipients": [{"user_id": "away"}],
+             "data": {"requester_name": "Dr. Jones", "document_name": f"file {n}", "request_id": f"r{n}"}}
+            for n in range(3)]
+
+    async with running_worker(push_settings):
+        for doc in docs:
+            await emit(redis_client, push_settings, doc)
+        await push_service.wait_for(1)  # the first, at once; the other two held
+        await queue_drained(redis_client, push_settings)
+        async with db_pool.acquire() as conn, conn.cursor() as cur:  # the window ends now
+            await cur.execute("UPDATE digest_windows SET due_at = due_at - interval '1 hour'"
+                              " WHERE due_at > '-infinity'; UPDATE digest_held SET due_at = due_at - interval '1 hour'")
+        await push_service.wait_for(2)
+
+    titles = [d.message["data"]["title"] for d in push_service.delivered_to(browser)]
+    assert titles == ["Document needed", "2 more documents needed"]
+    assert push_service.delivered_to(browser)[1].message["data"]["metadata"] == {"digest_count": 2}
+
+
 async def test_when_always_a_user_with_a_tab_open_is_pushed_too(
     aiohttp_client, push_settings: Settings, push_service: PushService, sessions: SessionStore,
     redis_client: Redis,

@@ -5,7 +5,8 @@ memory. Every worker runs `DigestLoop.run` under its Supervisor beside the event
 due windows every `digests.poll_interval_s`; each flush takes its windows with SKIP LOCKED, so any
 number of workers share them and none is delivered twice, and a worker killed mid-window leaves its
 windows to the others (or to itself once restarted). A digest is stored through the store path — counted
-like any notification — then pushed like the pipeline's rows (workers/pipeline.py push_stored).
+like any notification — then pushed like the pipeline's rows (workers/pipeline.py push_stored), and
+handed to web push for recipients who are away, as they are.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from notify_server.core.stores import Fault, classify, describe, unavailable
 from notify_server.core.supervisor import Backoff, LoopHealth, report_failure, stopping
 from notify_server.storage.digests import Delivered
 from workers.context import WorkerContext
-from workers.pipeline import push_stored
+from workers.pipeline import enqueue_web_push, push_stored
 
 logger = logging.getLogger("notify.worker.digests")
 
@@ -44,7 +45,9 @@ async def deliver_due_digests(context: WorkerContext) -> Delivered:
     logger.info("digests delivered digests=%d events=%d muted=%d max_late_ms=%.0f", stored_rows, delivered.events,
                 delivered.muted, max(delivered.late_s, default=0.0) * 1000)
     try:
-        metrics.push_jobs.inc(await push_stored(context, delivered.stored))
+        reached: set[str] = set()
+        metrics.push_jobs.inc(await push_stored(context, delivered.stored, reached=reached))
+        await enqueue_web_push(context, delivered.stored, (), reached)  # away users: their browser's push
     except Exception as exc:  # stored and counted: open tabs catch up on their next connect or list
         if not unavailable(exc):
             raise
