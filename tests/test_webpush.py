@@ -110,6 +110,21 @@ async def subscription_count(db_pool: Any, user_id: str) -> int:
         return int((await cur.fetchone())[0])
 
 
+async def queued_push(db: Any, repository: Any, redis_client: Redis, browser: BrowserSubscription, user_id: str,
+                      event_id: str) -> WebPushQueue:
+    """`user_id` subscribed with `browser`, one notification of theirs stored, and queued for web push as
+    the pipeline queues it (nothing sent yet)."""
+    keys = browser.as_json()["keys"]
+    await PushSubscriptionStore(db).subscribe(user_id, browser.endpoint, b64url_decode(keys["p256dh"]),
+                                              b64url_decode(keys["auth"]), None, keep=10)
+    (stored,) = await repository.store_events([NewNotifications(
+        event_id, "COMMENT_ADDED", "t", "b", "LOW", None, {}, [Recipient(user_id)])])
+    queue = WebPushQueue(redis_client, maxlen=1000)
+    await queue.ensure_group()
+    await queue.enqueue(stored.notifications)
+    return queue
+
+
 def results(worker: EventConsumer) -> dict[str, float]:
     return {sample.labels["result"]: sample.value for metric in worker.metrics.web_push.collect()
             for sample in metric.samples if sample.name.endswith("_total")}
@@ -374,14 +389,7 @@ async def test_a_batch_left_pending_by_a_dead_worker_is_sent_by_another(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     browser = push_service.subscribe()
-    keys = browser.as_json()["keys"]
-    await PushSubscriptionStore(db).subscribe("gus", browser.endpoint, b64url_decode(keys["p256dh"]),
-                                              b64url_decode(keys["auth"]), None, keep=10)
-    (stored,) = await repository.store_events([NewNotifications(
-        "wp-dead", "COMMENT_ADDED", "t", "b", "LOW", None, {}, [Recipient("gus")])])
-    queue = WebPushQueue(redis_client, maxlen=1000)
-    await queue.ensure_group()
-    await queue.enqueue(stored.notifications)
+    queue = await queued_push(db, repository, redis_client, browser, "gus", "wp-dead")
     assert len(await queue.read("dead-worker", 10, 10)) == 1  # taken, never acknowledged
     monkeypatch.setattr(webpush_queue, "CLAIM_IDLE_MS", 0)
 
@@ -575,14 +583,7 @@ async def test_a_batch_whose_subscriptions_cannot_be_read_stays_queued_and_is_se
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     browser = push_service.subscribe()
-    keys = browser.as_json()["keys"]
-    await PushSubscriptionStore(db).subscribe("jo", browser.endpoint, b64url_decode(keys["p256dh"]),
-                                              b64url_decode(keys["auth"]), None, keep=10)
-    (stored,) = await repository.store_events([NewNotifications(
-        "wp-pg-away", "COMMENT_ADDED", "t", "b", "LOW", None, {}, [Recipient("jo")])])
-    queue = WebPushQueue(redis_client, maxlen=1000)
-    await queue.ensure_group()
-    await queue.enqueue(stored.notifications)
+    queue = await queued_push(db, repository, redis_client, browser, "jo", "wp-pg-away")
     away = Database(DatabaseSettings(url="postgresql://postgres@127.0.0.1:1/none"))
     sender = WebPushSender(push_settings.web_push, queue, PushSubscriptionStore(away), lambda users: _none(),
                            WorkerMetrics().web_push, signer=VapidSigner(

@@ -7,11 +7,12 @@ Loaded when the config is (so a missing or unfit key file is a config error nami
 from __future__ import annotations
 
 from collections.abc import Collection
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from notify_server.core.key_files import read_key_file
 
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
@@ -40,13 +41,7 @@ def hmac_secret_problem(secret: str, algorithms: Collection[str]) -> str | None:
 
 def load_public_key(path: str, algorithms: Collection[str]) -> PublicKey:
     """The PEM public key (or certificate) at `path`, checked against every asymmetric algorithm listed."""
-    try:
-        with Path(path).open("rb") as file:
-            pem = file.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(pem) > MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"{path} is larger than {MAX_KEY_FILE_BYTES} bytes: not a PEM public key")
+    pem = read_key_file(path, MAX_KEY_FILE_BYTES, "a PEM public key", KeyFileError)
     loaded: object
     try:
         if b"-----BEGIN CERTIFICATE-----" in pem:

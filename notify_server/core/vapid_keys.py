@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import os
-from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from notify_server.core.key_files import read_key_file
 
 MAX_KEY_FILE_BYTES = 1 << 16
 KEY_FILE_MODE = 0o600
@@ -50,13 +51,7 @@ def application_server_key(key: ec.EllipticCurvePrivateKey) -> str:
 
 def load_private_key(path: str) -> ec.EllipticCurvePrivateKey:
     """The PEM P-256 private key at `path`; VapidKeyError saying what is wrong."""
-    try:
-        with Path(path).open("rb") as file:
-            pem = file.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise VapidKeyError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(pem) > MAX_KEY_FILE_BYTES:
-        raise VapidKeyError(f"{path} is larger than {MAX_KEY_FILE_BYTES} bytes: not a PEM private key")
+    pem = read_key_file(path, MAX_KEY_FILE_BYTES, "a PEM private key", VapidKeyError)
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
 from aiohttp import web
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
@@ -27,6 +26,7 @@ from notify_server.transport.frames import RESYNC_FRAME, notifications_updated_f
 from notify_server.transport.push import PushItem
 from notify_server.web import appkeys
 from notify_server.web.api import authenticate, json_error
+from notify_server.web.bodies import read_json_body
 
 logger = logging.getLogger("notify.inbox")
 
@@ -35,7 +35,6 @@ BULK_MAX_IDS = 1000
 # limits.request_max_bytes, up to this.
 BULK_MAX_BODY_BYTES = 65536
 FILTER_MAX_VALUES = 50  # event types or priorities in one filter
-READ_CHUNK_BYTES = 16384
 ARCHIVED_CHOICES = {"false": False, "true": True, "all": None}
 
 _ITEM_SCHEMA = NotificationItemSchema()
@@ -176,25 +175,6 @@ async def counts(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- changing
 
 
-async def _json_body(request: web.Request, limit: int, setting: str) -> Any:
-    """The body as JSON (None when empty), read up to `limit` bytes: 413 beyond, whatever
-    Content-Length says."""
-    too_large = f"the body is over {limit} bytes ({setting})"
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length, reason=too_large)
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
-        body += chunk
-        if len(body) > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body), reason=too_large)
-    if not body.strip():
-        return None
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise web.HTTPBadRequest(reason="the body must be JSON") from None
-
-
 async def act_on_one(request: web.Request, action: str) -> web.Response:
     """`POST /api/notifications/{id}/read|unread|seen|archive|unarchive`: 200 with the item, idempotent;
     404 when it is not the caller's, whether or not it exists."""
@@ -217,7 +197,7 @@ async def act_on_filter(request: web.Request, action: str) -> web.Response:
     (`read`, `seen`, `event_type`, `priority`), over the notifications not archived: `{"updated": N}`."""
     settings = request.app[appkeys.SETTINGS]
     session = await authenticate(request)
-    raw = await _json_body(request, settings.limits.request_max_bytes, "limits.request_max_bytes")
+    raw = await read_json_body(request, settings.limits.request_max_bytes, "limits.request_max_bytes")
     if raw is not None and not isinstance(raw, dict):
         return json_error(400, "bad_request", 'the body must be a JSON object: {"filter": {...}}')
     try:
@@ -234,7 +214,7 @@ async def bulk(request: web.Request) -> web.Response:
     """`POST /api/notifications/bulk` `{"action", "notification_ids": [≤ 1,000]}`: `{"updated": N}`; ids
     that are not the caller's are skipped."""
     session = await authenticate(request)
-    raw = await _json_body(request, BULK_MAX_BODY_BYTES, f"at most {BULK_MAX_IDS} ids")
+    raw = await read_json_body(request, BULK_MAX_BODY_BYTES, f"at most {BULK_MAX_IDS} ids")
     if not isinstance(raw, dict):
         return json_error(400, "bad_request", 'the body must be a JSON object: {"action", "notification_ids"}')
     try:

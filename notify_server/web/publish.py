@@ -12,7 +12,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from aiohttp import web
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
@@ -22,12 +21,12 @@ from notify_server.ingest.events import EventRejected, event_id_for_log, parse_e
 from notify_server.ingest.producer import NotReplicated, enqueue_events
 from notify_server.web import appkeys
 from notify_server.web.api import json_error
+from notify_server.web.bodies import read_json_body
 
 logger = logging.getLogger("notify.publish")
 
 API_KEY_HEADER = "X-API-Key"
 BATCH_MAX_EVENTS = 1000
-READ_CHUNK_BYTES = 65536
 
 QUEUED = "queued"
 DUPLICATE = "duplicate"
@@ -53,19 +52,11 @@ def _require_api_key(request: web.Request) -> None:
 
 async def _json_body(request: web.Request) -> Any:
     """The body as JSON, read up to `publish.max_body_bytes` (413 beyond, whatever Content-Length says)."""
-    limit = request.app[appkeys.SETTINGS].publish.max_body_bytes
-    too_large = f"the body is over {limit} bytes (publish.max_body_bytes)"
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length, reason=too_large)
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
-        body += chunk
-        if len(body) > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body), reason=too_large)
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise web.HTTPBadRequest(reason="the body must be JSON") from None
+    raw = await read_json_body(request, request.app[appkeys.SETTINGS].publish.max_body_bytes,
+                               "publish.max_body_bytes")
+    if raw is None:  # an empty body is not an event
+        raise web.HTTPBadRequest(reason="the body must be JSON")
+    return raw
 
 
 def _echoed_id(raw: Any) -> str | None:
